@@ -1,0 +1,74 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto'
+import { createSecureContext, type SecureContext } from 'node:tls'
+import { FST_AUTOCERT_CORRUPT } from './errors'
+
+/** A certificate with its private key, as kept in memory and in the store. */
+export interface Certificate {
+  /** The normalised host name it was issued for. */
+  readonly name: string
+  /** PEM private key. Never logged. */
+  readonly key: string
+  /** PEM chain, leaf first. */
+  readonly chain: string
+  /** Leaf serial number, upper-case hex. */
+  readonly serial: string
+  /** Validity window of the leaf, in milliseconds since the epoch. */
+  readonly notBefore: number
+  readonly notAfter: number
+}
+
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n[A-Za-z0-9+/=\r\n]+-----END \1-----/g
+
+/**
+ * The stored form: the private key, then the chain, in one PEM text. This is
+ * Go autocert's cache format, so its containers can be shared with this plugin.
+ */
+export function encodeBundle (cert: Pick<Certificate, 'key' | 'chain'>): string {
+  return `${cert.key.trim()}\n${cert.chain.trim()}\n`
+}
+
+/**
+ * Parses and checks a stored bundle for `name`: exactly one private key that
+ * matches the leaf, and a leaf valid for `name`. Expiry is left to the caller.
+ * Throws FST_AUTOCERT_CORRUPT (naming the key, never quoting its content).
+ */
+export function decodeBundle (name: string, storeKey: string, data: Buffer | string): Certificate {
+  const text = data.toString('utf8')
+  let key: string | undefined
+  const certs: string[] = []
+  for (const [block, label] of text.matchAll(PEM_BLOCK)) {
+    if (label === 'CERTIFICATE') certs.push(block)
+    else if (label.endsWith('PRIVATE KEY') && key === undefined) key = block
+    else throw new FST_AUTOCERT_CORRUPT(storeKey, `unexpected PEM block ${label}`)
+  }
+  if (key === undefined) throw new FST_AUTOCERT_CORRUPT(storeKey, 'no private key')
+  if (certs.length === 0) throw new FST_AUTOCERT_CORRUPT(storeKey, 'no certificate')
+  let leaf: X509Certificate
+  try {
+    leaf = new X509Certificate(certs[0])
+  } catch {
+    throw new FST_AUTOCERT_CORRUPT(storeKey, 'the certificate does not parse')
+  }
+  let matches: boolean
+  try {
+    matches = leaf.checkPrivateKey(createPrivateKey(key))
+  } catch {
+    throw new FST_AUTOCERT_CORRUPT(storeKey, 'the private key does not parse')
+  }
+  if (!matches) throw new FST_AUTOCERT_CORRUPT(storeKey, 'the private key does not match the certificate')
+  if (leaf.checkHost(name, { wildcards: false }) === undefined) {
+    throw new FST_AUTOCERT_CORRUPT(storeKey, `the certificate is not valid for ${name}`)
+  }
+  return {
+    name,
+    key,
+    chain: certs.join('\n'),
+    serial: leaf.serialNumber.toUpperCase(),
+    notBefore: Date.parse(leaf.validFrom),
+    notAfter: Date.parse(leaf.validTo)
+  }
+}
+
+export function toSecureContext (cert: Certificate): SecureContext {
+  return createSecureContext({ key: cert.key, cert: cert.chain })
+}

@@ -1,0 +1,73 @@
+import createError from '@fastify/error'
+
+/*
+ * Every error the plugin raises has a stable `code`. Option errors are
+ * TypeErrors thrown at register time, so `app.ready()` rejects before the
+ * server takes a connection. Messages never carry key material or credentials.
+ */
+
+export const FST_AUTOCERT_NO_DOMAINS = createError(
+  'FST_AUTOCERT_NO_DOMAINS',
+  'options.domains must be a non-empty array of host names, e.g. { domains: [\'example.com\'] }',
+  500, TypeError)
+
+export const FST_AUTOCERT_INVALID_DOMAIN = createError<[string]>(
+  'FST_AUTOCERT_INVALID_DOMAIN',
+  'options.domains: %s is not a host name a certificate can be ordered for (no IP addresses, wildcards, ports or paths)',
+  500, TypeError)
+
+export const FST_AUTOCERT_TOS_NOT_AGREED = createError(
+  'FST_AUTOCERT_TOS_NOT_AGREED',
+  'options.termsOfServiceAgreed must be true: read the CA\'s terms of service, then set it to accept them',
+  500, TypeError)
+
+export const FST_AUTOCERT_INVALID_DIRECTORY_URL = createError<[string]>(
+  'FST_AUTOCERT_INVALID_DIRECTORY_URL',
+  'options.directoryUrl must be \'production\', \'staging\' or an https:// URL of an ACME directory; got %s',
+  500, TypeError)
+
+export const FST_AUTOCERT_INVALID_KEY_TYPE = createError<[string]>(
+  'FST_AUTOCERT_INVALID_KEY_TYPE',
+  'options.keyType must be \'ecdsa\' or \'rsa\'; got %s',
+  500, TypeError)
+
+export const FST_AUTOCERT_INVALID_STORE = createError(
+  'FST_AUTOCERT_INVALID_STORE',
+  'options.store must implement get, put, delete, list and lock: pass new AzureBlobStore({...}), new FileStore(dir) or new MemoryStore()',
+  500, TypeError)
+
+export const FST_AUTOCERT_INVALID_OPTION = createError<[string, string]>(
+  'FST_AUTOCERT_INVALID_OPTION',
+  'options.%s %s',
+  500, TypeError)
+
+export const FST_AUTOCERT_NOT_REGISTERED = createError(
+  'FST_AUTOCERT_NOT_REGISTERED',
+  'SNICallback was called on a server where fastify-autocert is not registered: register the plugin on the Fastify instance created with https: { SNICallback }')
+
+export const FST_AUTOCERT_NAME_NOT_ALLOWED = createError<[string]>(
+  'FST_AUTOCERT_NAME_NOT_ALLOWED',
+  'no certificate is managed for %s: add it to options.domains',
+  421)
+
+export const FST_AUTOCERT_ORDER_FAILED = createError<[string, string]>(
+  'FST_AUTOCERT_ORDER_FAILED',
+  'could not obtain a certificate for %s: %s',
+  502)
+
+export const FST_AUTOCERT_BACKOFF = createError<[string, string]>(
+  'FST_AUTOCERT_BACKOFF',
+  'not ordering a certificate for %s before %s: the last attempt failed',
+  503)
+
+export const FST_AUTOCERT_LOCK_LOST = createError<[string]>(
+  'FST_AUTOCERT_LOCK_LOST',
+  'lost the cluster lock for %s before writing: another instance may take over')
+
+export const FST_AUTOCERT_CORRUPT = createError<[string, string]>(
+  'FST_AUTOCERT_CORRUPT',
+  'stored data under %s is unusable: %s')
+
+export const FST_AUTOCERT_CLOSED = createError(
+  'FST_AUTOCERT_CLOSED',
+  'the certificate manager is closed')

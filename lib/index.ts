@@ -1,0 +1,6 @@
+export { default, SNICallback, CHALLENGE_PATH } from './plugin'
+export type { AutocertOptions, Autocert, CertificateInfo } from './plugin'
+export type { DomainStatus } from './manager'
+export type { CertStore, Lock } from './store/store'
+export { MemoryStore } from './store/memory'
+export * as errors from './errors'

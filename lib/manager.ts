@@ -1,0 +1,377 @@
+import type { SecureContext } from 'node:tls'
+import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
+import {
+  FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOSED, FST_AUTOCERT_LOCK_LOST, FST_AUTOCERT_NAME_NOT_ALLOWED
+} from './errors'
+import { normalizeName } from './names'
+import { renewalTime, retryDelay } from './renewal'
+import type { CertStore } from './store/store'
+
+/** The subset of a pino / Fastify logger the manager writes to. */
+export interface Logger {
+  debug (obj: object, msg: string): void
+  info (obj: object, msg: string): void
+  warn (obj: object, msg: string): void
+  error (obj: object, msg: string): void
+}
+
+/** Orders one certificate; the manager decides when and holds the lock. */
+export interface CertificateSource {
+  issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }>
+}
+
+export interface ManagerOptions {
+  /** Normalised names this manager serves and orders. */
+  domains: readonly string[]
+  store: CertStore
+  issuer: CertificateSource
+  log: Logger
+  /** Renew when this much validity remains (ms); default from renewalTime(). */
+  renewBefore?: number
+  /** Failure backoff steps (ms), see DEFAULT_RETRY_DELAYS. */
+  retryDelays?: readonly number[]
+  /** How many domains are loaded or ordered at once by prewarm() and start(). */
+  concurrency: number
+}
+
+/** What status() reports for one domain. */
+export interface DomainStatus {
+  domain: string
+  /** Serial of the certificate being served, upper-case hex; undefined before the first one. */
+  serial?: string
+  notAfter?: Date
+  /** When this instance will next try to renew (or retry after a failure). */
+  renewAt?: Date
+  /** The last failure to load or obtain a certificate, cleared by the next success. */
+  lastError?: { message: string, at: Date }
+  /** Set while the fleet-wide failure backoff forbids a new order. */
+  retryAfter?: Date
+}
+
+/** A failed order, shared by the fleet through the store under `<name>+failure`. */
+interface FailureRecord {
+  failures: number
+  error: string
+  at: number
+  retryAt: number
+}
+
+interface Domain {
+  readonly name: string
+  cert?: Certificate
+  /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
+  context?: SecureContext
+  renewAt?: number
+  retryAt?: number
+  lastError?: { message: string, at: number }
+  timer?: NodeJS.Timeout
+  loading?: Promise<Certificate | undefined>
+  ordering?: Promise<Certificate>
+}
+
+const failureKey = (name: string): string => `${name}+failure`
+// setTimeout fires at once past 2^31-1 ms (24.8 days): longer waits are taken in steps.
+const MAX_TIMER = 2 ** 31 - 1
+const REFUSAL_LOG_INTERVAL = 10_000
+
+/**
+ * The framework-free core: name -> memory -> store -> lock -> order -> store -> memory.
+ * Every step has one place: #load reads the store, #order holds the lock and
+ * talks to the CA, #adopt puts a certificate in memory and schedules its renewal.
+ */
+export class CertificateManager {
+  readonly #opts: ManagerOptions
+  readonly #domains = new Map<string, Domain>()
+  readonly #closing = new AbortController()
+  #refused = { count: 0, since: 0 }
+
+  constructor (opts: ManagerOptions) {
+    this.#opts = opts
+    for (const name of opts.domains) this.#domains.set(name, { name })
+  }
+
+  /**
+   * The TLS hot path. A name in memory with a live certificate answers
+   * synchronously: one map lookup, no store call, no allocation.
+   */
+  resolve (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
+    const domain = this.#domains.get(servername)
+    if (domain?.context !== undefined && domain.cert !== undefined && domain.cert.notAfter > Date.now()) {
+      cb(null, domain.context)
+      return
+    }
+    this.secureContext(servername).then((ctx) => cb(null, ctx), cb)
+  }
+
+  async secureContext (servername: string): Promise<SecureContext> {
+    const domain = this.#allowed(servername)
+    const cert = await this.#certificate(domain)
+    if (domain.context === undefined || domain.cert !== cert) {
+      domain.context = toSecureContext(cert)
+    }
+    return domain.context
+  }
+
+  /** The certificate served for `name`, obtaining it if needed. */
+  async certificate (name: string): Promise<Certificate> {
+    return this.#certificate(this.#allowed(name))
+  }
+
+  /** Orders a new certificate for `name` now, whatever the current one's validity. */
+  async renew (name: string): Promise<Certificate> {
+    return this.#order(this.#allowed(name), true)
+  }
+
+  status (): DomainStatus[] {
+    return [...this.#domains.values()].map((d) => ({
+      domain: d.name,
+      serial: d.cert?.serial,
+      notAfter: date(d.cert?.notAfter),
+      renewAt: date(d.renewAt),
+      lastError: d.lastError && { message: d.lastError.message, at: new Date(d.lastError.at) },
+      retryAfter: d.retryAt !== undefined && d.retryAt > Date.now() ? new Date(d.retryAt) : undefined
+    }))
+  }
+
+  /** Loads every listed domain from the store into memory. Never orders; never throws. */
+  async prewarm (): Promise<void> {
+    await this.#eachDomain(async (domain) => {
+      const cert = await this.#load(domain).catch(() => undefined)
+      if (cert !== undefined) this.#opts.log.info(certFields(cert), 'certificate loaded')
+    })
+  }
+
+  /**
+   * Orders, in the background, every listed domain that has no live certificate.
+   * Call it once the server listens: the CA's validation request needs it.
+   */
+  start (): void {
+    void this.#eachDomain(async (domain) => {
+      if (!live(domain.cert)) await this.#background(domain, this.#certificate(domain))
+    })
+  }
+
+  /** Stops timers and aborts orders in flight (their locks are released). */
+  async close (): Promise<void> {
+    this.#closing.abort(new FST_AUTOCERT_CLOSED())
+    const pending: Array<Promise<unknown>> = []
+    for (const domain of this.#domains.values()) {
+      clearTimeout(domain.timer)
+      if (domain.ordering !== undefined) pending.push(domain.ordering)
+      if (domain.loading !== undefined) pending.push(domain.loading)
+    }
+    await Promise.allSettled(pending)
+  }
+
+  #allowed (servername: string): Domain {
+    const domain = this.#domains.get(servername) ?? this.#domains.get(normalizeName(servername) ?? '')
+    if (domain === undefined) {
+      this.#logRefusal(servername)
+      throw new FST_AUTOCERT_NAME_NOT_ALLOWED(printable(servername))
+    }
+    return domain
+  }
+
+  /** A live certificate: memory, then store, then a new order. */
+  async #certificate (domain: Domain): Promise<Certificate> {
+    const cert = live(domain.cert) ? domain.cert : await this.#load(domain)
+    if (cert !== undefined && live(cert)) return cert
+    return this.#order(domain, false)
+  }
+
+  /** Reads the store (one read in flight per name) and adopts a live certificate found there. */
+  #load (domain: Domain): Promise<Certificate | undefined> {
+    domain.loading ??= this.#read(domain).finally(() => { domain.loading = undefined })
+    return domain.loading
+  }
+
+  async #read (domain: Domain): Promise<Certificate | undefined> {
+    const { store, log } = this.#opts
+    let data: Buffer | undefined
+    try {
+      data = await store.get(domain.name)
+    } catch (err) {
+      // An unreachable store is an error, never a miss: no order on an outage.
+      this.#fail(domain, err)
+      log.error({ domain: domain.name, err: errorFields(err) }, 'certificate store read failed')
+      throw err
+    }
+    if (data === undefined) return undefined
+    let cert: Certificate
+    try {
+      cert = decodeBundle(domain.name, domain.name, data)
+    } catch (err) {
+      log.warn({ domain: domain.name, err: errorFields(err) }, 'ignoring unusable stored certificate')
+      return undefined
+    }
+    if (!live(cert)) return undefined
+    if (domain.cert === undefined || cert.notAfter > domain.cert.notAfter) this.#adopt(domain, cert)
+    return domain.cert
+  }
+
+  /** One order in flight per name, in this process; the store lock makes it one per fleet. */
+  #order (domain: Domain, force: boolean): Promise<Certificate> {
+    domain.ordering ??= this.#orderLocked(domain, force).finally(() => { domain.ordering = undefined })
+    return domain.ordering
+  }
+
+  async #orderLocked (domain: Domain, force: boolean): Promise<Certificate> {
+    const { store, issuer, log } = this.#opts
+    const { name } = domain
+    const closing = this.#closing.signal
+    closing.throwIfAborted()
+    if (!force && domain.retryAt !== undefined && domain.retryAt > Date.now()) {
+      throw new FST_AUTOCERT_BACKOFF(name, new Date(domain.retryAt).toISOString())
+    }
+    const had = domain.cert
+    const lock = await store.lock(name, closing)
+    try {
+      // Another instance may have obtained it while we waited for the lock.
+      const stored = await this.#read(domain)
+      if (stored !== undefined && (force ? stored !== had : !due(domain))) return stored
+      if (!force) await this.#checkBackoff(domain)
+
+      log.info({ domain: name }, 'ordering certificate')
+      const signal = AbortSignal.any([closing, lock.signal])
+      let issued: Certificate
+      try {
+        const { key, chain } = await issuer.issue(name, signal)
+        issued = decodeBundle(name, name, encodeBundle({ key, chain }))
+      } catch (err) {
+        if (closing.aborted) throw closing.reason
+        await this.#recordFailure(domain, err, lock.signal)
+        throw err
+      }
+      if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
+      await store.put(name, encodeBundle(issued))
+      await store.delete(failureKey(name)).catch(() => {})
+      this.#adopt(domain, issued)
+      log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
+      return issued
+    } finally {
+      await lock.release()
+    }
+  }
+
+  /** Honours a failure record another instance (or an earlier run) left in the store. */
+  async #checkBackoff (domain: Domain): Promise<void> {
+    const data = await this.#opts.store.get(failureKey(domain.name))
+    const record = parseFailure(data)
+    if (record !== undefined && record.retryAt > Date.now()) {
+      domain.retryAt = record.retryAt
+      domain.lastError = { message: record.error, at: record.at }
+      this.#schedule(domain, record.retryAt)
+      throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(record.retryAt).toISOString())
+    }
+  }
+
+  async #recordFailure (domain: Domain, err: unknown, lockSignal: AbortSignal): Promise<void> {
+    const { store, log, retryDelays } = this.#opts
+    const previous = parseFailure(await store.get(failureKey(domain.name)).catch(() => undefined))
+    const failures = (previous?.failures ?? 0) + 1
+    const at = Date.now()
+    const retryAt = at + retryDelay(failures, retryDelays)
+    const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt }
+    if (!lockSignal.aborted) await store.put(failureKey(domain.name), JSON.stringify(record)).catch(() => {})
+    this.#fail(domain, err)
+    domain.retryAt = retryAt
+    this.#schedule(domain, retryAt)
+    log.error({ domain: domain.name, failures, retryAt: new Date(retryAt), err: errorFields(err) }, 'certificate order failed')
+  }
+
+  #adopt (domain: Domain, cert: Certificate): void {
+    domain.cert = cert
+    domain.context = undefined
+    domain.lastError = undefined
+    domain.retryAt = undefined
+    domain.renewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
+    this.#schedule(domain, domain.renewAt)
+  }
+
+  #fail (domain: Domain, err: unknown): void {
+    domain.lastError = { message: errorMessage(err), at: Date.now() }
+  }
+
+  /** One timer per domain: at `at`, renew (or retry) through the same path as a handshake. */
+  #schedule (domain: Domain, at: number): void {
+    clearTimeout(domain.timer)
+    if (this.#closing.signal.aborted) return
+    const wait = Math.max(0, at - Date.now())
+    domain.timer = setTimeout(() => {
+      if (wait > MAX_TIMER) return this.#schedule(domain, at)
+      domain.timer = undefined
+      void this.#background(domain, this.#order(domain, false))
+    }, Math.min(wait, MAX_TIMER)).unref()
+  }
+
+  /**
+   * Work nobody awaits (start-up orders, renewals). Its failure is already in
+   * the log and in status(); when it left no retry scheduled (the store was
+   * unreachable, say), try again after the first backoff step.
+   */
+  async #background (domain: Domain, work: Promise<unknown>): Promise<void> {
+    try {
+      await work
+    } catch {
+      if (domain.timer === undefined) this.#schedule(domain, Date.now() + retryDelay(1, this.#opts.retryDelays))
+    }
+  }
+
+  async #eachDomain (fn: (domain: Domain) => Promise<void>): Promise<void> {
+    const queue = [...this.#domains.values()]
+    const worker = async (): Promise<void> => {
+      for (let d = queue.shift(); d !== undefined && !this.#closing.signal.aborted; d = queue.shift()) await fn(d)
+    }
+    await Promise.all(Array.from({ length: Math.min(this.#opts.concurrency, queue.length) }, worker))
+  }
+
+  // Refused names are client input: logged at most once per interval, with a count.
+  #logRefusal (servername: string): void {
+    const now = Date.now()
+    this.#refused.count++
+    if (now - this.#refused.since < REFUSAL_LOG_INTERVAL) return
+    this.#opts.log.warn({ servername: printable(servername), refused: this.#refused.count }, 'refused TLS server name')
+    this.#refused = { count: 0, since: now }
+  }
+}
+
+function live (cert: Certificate | undefined): cert is Certificate {
+  return cert !== undefined && cert.notAfter > Date.now()
+}
+
+function due (domain: Domain): boolean {
+  return domain.renewAt === undefined || domain.renewAt <= Date.now()
+}
+
+function date (ms: number | undefined): Date | undefined {
+  return ms === undefined ? undefined : new Date(ms)
+}
+
+function parseFailure (data: Buffer | undefined): FailureRecord | undefined {
+  if (data === undefined) return undefined
+  try {
+    const record = JSON.parse(data.toString('utf8')) as FailureRecord
+    return Number.isFinite(record.retryAt) && Number.isInteger(record.failures) ? record : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function certFields (cert: Certificate): object {
+  return { domain: cert.name, serial: cert.serial, notAfter: new Date(cert.notAfter) }
+}
+
+function errorMessage (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+function errorFields (err: unknown): object {
+  return err instanceof Error
+    ? { type: err.name, message: err.message, code: (err as { code?: unknown }).code }
+    : { message: String(err) }
+}
+
+/** Client-sent text made safe for a log line or an error message. */
+function printable (text: string): string {
+  return JSON.stringify(String(text).slice(0, 100))
+}

@@ -1,0 +1,251 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { SecureContext, TLSSocket } from 'node:tls'
+import * as acme from 'acme-client'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { Http01Challenges } from './acme/challenges'
+import { Issuer, type KeyType } from './acme/issuer'
+import type { Certificate } from './certificate'
+import {
+  FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
+  FST_AUTOCERT_INVALID_OPTION, FST_AUTOCERT_INVALID_STORE, FST_AUTOCERT_NO_DOMAINS,
+  FST_AUTOCERT_NOT_REGISTERED, FST_AUTOCERT_TOS_NOT_AGREED
+} from './errors'
+import { CertificateManager, type DomainStatus } from './manager'
+import { normalizeName } from './names'
+import { isCertStore, type CertStore } from './store/store'
+
+export interface AutocertOptions {
+  /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. */
+  domains: string[]
+  /** Where certificates, the account key, challenges, locks and failure records live: shared by the fleet. */
+  store: CertStore
+  /** Must be `true`: you accept the CA's terms of service. */
+  termsOfServiceAgreed: boolean
+  /** Contact address for the ACME account (expiry notices, CA announcements). Default: none. */
+  email?: string
+  /** `'production'` (Let's Encrypt, the default), `'staging'` (Let's Encrypt staging) or an https:// ACME directory URL. */
+  directoryUrl?: string
+  /** Key of each certificate: `'ecdsa'` (P-256, the default) or `'rsa'` (2048 bits). The account key is always P-256. */
+  keyType?: KeyType
+  /** Renew when this much validity remains (milliseconds). Default: a third of the lifetime, at most 30 days. */
+  renewBefore?: number
+  /** Waits after 1, 2, 3... consecutive failed orders (milliseconds; the last repeats). Default: 1 min, 10 min, 20 min, 30 min, 1 h, 2 h, 6 h. */
+  retryDelays?: number[]
+  /** How many domains are loaded from the store or ordered at once at start-up. Default: 8. */
+  concurrency?: number
+  /**
+   * For an HTTPS app: a companion plain-HTTP listener, started when the app is
+   * ready and closed with it, that answers HTTP-01 challenges and redirects
+   * everything else to https. The CA always validates on port 80. Default: none.
+   */
+  http01?: { port: number, host?: string }
+  /** External account binding, for CAs that require it (ZeroSSL, Google). */
+  externalAccountBinding?: { kid: string, hmacKey: string }
+}
+
+/** A certificate as the decorator shows it: the chain, never the private key. */
+export interface CertificateInfo {
+  domain: string
+  serial: string
+  notBefore: Date
+  notAfter: Date
+  /** PEM chain, leaf first. */
+  chain: string
+}
+
+/** `fastify.autocert` */
+export interface Autocert {
+  /** The certificate served for `domain`, obtaining it first if needed. */
+  certificate (domain: string): Promise<CertificateInfo>
+  /** Orders a new certificate for `domain` now and serves it from then on. */
+  renew (domain: string): Promise<CertificateInfo>
+  /** Per listed domain: serial, expiry, next renewal, last error. */
+  status (): DomainStatus[]
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    autocert: Autocert
+  }
+}
+
+export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
+
+const OPTION_KEYS = new Set([
+  'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
+  'retryDelays', 'concurrency', 'http01', 'externalAccountBinding'
+])
+
+// Which manager serves a TLS server: SNICallback finds it through the socket.
+const managers = new WeakMap<object, CertificateManager>()
+
+/**
+ * Pass to Fastify's `https` options: `Fastify({ https: { SNICallback } })`.
+ * It finds the plugin registered on that server, so it closes over nothing.
+ */
+export function SNICallback (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
+  const manager = managers.get((this as { server?: object }).server ?? {})
+  if (manager === undefined) {
+    const err = new FST_AUTOCERT_NOT_REGISTERED()
+    process.emitWarning(err.message, { code: err.code })
+    cb(err)
+    return
+  }
+  manager.resolve(servername, cb)
+}
+
+const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) => {
+  const opts = validate(options)
+  const challenges = new Http01Challenges(opts.store)
+  const issuer = new Issuer({
+    directoryUrl: opts.directoryUrl,
+    email: opts.email,
+    keyType: opts.keyType,
+    externalAccountBinding: opts.externalAccountBinding,
+    store: opts.store,
+    challenges
+  })
+  const manager = new CertificateManager({
+    domains: opts.domains,
+    store: opts.store,
+    issuer,
+    log: fastify.log,
+    renewBefore: opts.renewBefore,
+    retryDelays: opts.retryDelays,
+    concurrency: opts.concurrency
+  })
+  managers.set(fastify.server, manager)
+
+  fastify.decorate<Autocert>('autocert', {
+    certificate: async (domain) => info(await manager.certificate(domain)),
+    renew: async (domain) => info(await manager.renew(domain)),
+    status: () => manager.status()
+  })
+
+  fastify.route<{ Params: { token: string } }>({
+    method: ['GET', 'HEAD'],
+    url: `${CHALLENGE_PATH}:token`,
+    handler: async (request, reply) => {
+      const answer = await answerChallenge(challenges, request.params.token, fastify)
+      return reply.code(answer.status).type('text/plain').send(answer.body)
+    }
+  })
+
+  let companion: Server | undefined
+  fastify.addHook('onReady', async () => {
+    await manager.prewarm()
+    if (opts.http01 !== undefined) companion = await listenHttp01(opts.http01, challenges, fastify)
+  })
+  // Orders need a listening server: the CA's validation request must find it.
+  fastify.addHook('onListen', async () => { manager.start() })
+  fastify.addHook('onClose', async () => {
+    managers.delete(fastify.server)
+    await manager.close()
+    if (companion !== undefined) await new Promise((resolve) => companion?.close(resolve))
+  })
+}
+
+async function answerChallenge (challenges: Http01Challenges, token: string, fastify: FastifyInstance): Promise<{ status: number, body: string }> {
+  try {
+    const answer = await challenges.answer(token)
+    return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
+  } catch (err) {
+    fastify.log.error({ err: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+    return { status: 503, body: 'Service Unavailable' }
+  }
+}
+
+/** autocert's HTTPHandler(nil): challenges are answered, GET and HEAD go to https, the rest is refused. */
+async function listenHttp01 (where: { port: number, host?: string }, challenges: Http01Challenges, fastify: FastifyInstance): Promise<Server> {
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = req.url ?? '/'
+    const isRead = req.method === 'GET' || req.method === 'HEAD'
+    if (isRead && url.startsWith(CHALLENGE_PATH)) {
+      const answer = await answerChallenge(challenges, url.slice(CHALLENGE_PATH.length), fastify)
+      res.writeHead(answer.status, { 'content-type': 'text/plain' }).end(answer.body)
+      return
+    }
+    const host = normalizeName((req.headers.host ?? '').replace(/:\d+$/, ''))
+    if (!isRead || host === undefined) {
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('Use HTTPS')
+      return
+    }
+    const port = (fastify.server.address() as AddressInfo | null)?.port
+    const authority = port === undefined || port === 443 ? host : `${host}:${port}`
+    res.writeHead(302, { location: `https://${authority}${url}` }).end()
+  }
+  const server = createServer((req, res) => { void handle(req, res) })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(where.port, where.host, () => { server.off('error', reject); resolve() })
+  })
+  fastify.log.info({ address: server.address() }, 'HTTP-01 listener started')
+  return server
+}
+
+function info (cert: Certificate): CertificateInfo {
+  return {
+    domain: cert.name,
+    serial: cert.serial,
+    notBefore: new Date(cert.notBefore),
+    notAfter: new Date(cert.notAfter),
+    chain: cert.chain
+  }
+}
+
+interface ResolvedOptions extends Omit<AutocertOptions, 'directoryUrl' | 'keyType' | 'concurrency'> {
+  directoryUrl: string
+  keyType: KeyType
+  concurrency: number
+}
+
+function validate (options: AutocertOptions): ResolvedOptions {
+  const unknown = Object.keys(options ?? {}).filter((k) => !OPTION_KEYS.has(k))
+  if (unknown.length > 0) {
+    throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${[...OPTION_KEYS].join(', ')}`)
+  }
+  const { domains, store, termsOfServiceAgreed, email, renewBefore, retryDelays, http01 } = options
+  if (!Array.isArray(domains) || domains.length === 0) throw new FST_AUTOCERT_NO_DOMAINS()
+  const names = domains.map((raw) => {
+    const name = typeof raw === 'string' ? normalizeName(raw) : undefined
+    if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
+    return name
+  })
+  if (!isCertStore(store)) throw new FST_AUTOCERT_INVALID_STORE()
+  if (termsOfServiceAgreed !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
+  if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
+    throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
+  }
+  const keyType = options.keyType ?? 'ecdsa'
+  if (keyType !== 'ecdsa' && keyType !== 'rsa') throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(keyType))
+  if (renewBefore !== undefined && !(Number.isFinite(renewBefore) && renewBefore > 0)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('renewBefore', 'must be a positive number of milliseconds')
+  }
+  if (retryDelays !== undefined && !(Array.isArray(retryDelays) && retryDelays.length > 0 &&
+      retryDelays.every((d) => Number.isFinite(d) && d >= 0))) {
+    throw new FST_AUTOCERT_INVALID_OPTION('retryDelays', 'must be a non-empty array of milliseconds, e.g. [60000, 600000]')
+  }
+  const concurrency = options.concurrency ?? 8
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new FST_AUTOCERT_INVALID_OPTION('concurrency', 'must be a positive integer')
+  }
+  if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
+  }
+  return { ...options, domains: [...new Set(names)], keyType, concurrency, directoryUrl: directoryUrl(options.directoryUrl) }
+}
+
+function directoryUrl (value: string | undefined): string {
+  if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
+  if (value === 'staging') return acme.directory.letsencrypt.staging
+  let url: URL | undefined
+  try {
+    url = new URL(value)
+  } catch {}
+  if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
+  return value
+}
+
+export default fp(autocert, { name: 'fastify-autocert', fastify: '5.x' })

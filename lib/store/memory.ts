@@ -1,0 +1,65 @@
+import type { CertStore, Lock } from './store'
+
+/**
+ * A store in process memory: for tests and single-process experiments. It keeps
+ * nothing across restarts, so in production every restart would order again.
+ */
+export class MemoryStore implements CertStore {
+  readonly #data = new Map<string, Buffer>()
+  // The tail of each lock's queue: a new holder waits for the previous one to release.
+  readonly #locks = new Map<string, Promise<void>>()
+
+  async get (key: string): Promise<Buffer | undefined> {
+    const value = this.#data.get(key)
+    return value === undefined ? undefined : Buffer.from(value)
+  }
+
+  async put (key: string, value: Buffer | string): Promise<void> {
+    this.#data.set(key, Buffer.from(value))
+  }
+
+  async delete (key: string): Promise<void> {
+    this.#data.delete(key)
+  }
+
+  async list (prefix = ''): Promise<string[]> {
+    return [...this.#data.keys()].filter((k) => k.startsWith(prefix))
+  }
+
+  async lock (key: string, signal?: AbortSignal): Promise<Lock> {
+    signal?.throwIfAborted()
+    const previous = this.#locks.get(key) ?? Promise.resolve()
+    let release!: () => void
+    const released = new Promise<void>((resolve) => { release = resolve })
+    const tail = previous.then(() => released)
+    this.#locks.set(key, tail)
+    void tail.then(() => { if (this.#locks.get(key) === tail) this.#locks.delete(key) })
+    // A waiter that gives up still takes its turn in the queue and passes it on at once.
+    const abandon = (): void => release()
+    signal?.addEventListener('abort', abandon, { once: true })
+    try {
+      await abortable(previous, signal)
+    } finally {
+      signal?.removeEventListener('abort', abandon)
+    }
+    const controller = new AbortController()
+    let done = false
+    return {
+      signal: controller.signal,
+      release: async () => {
+        if (done) return
+        done = true
+        release()
+      }
+    }
+  }
+}
+
+function abortable (promise: Promise<void>, signal?: AbortSignal): Promise<void> {
+  if (signal === undefined) return promise
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}

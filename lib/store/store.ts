@@ -1,0 +1,46 @@
+/**
+ * The storage contract. Every instance of a cluster points at the same store:
+ * it holds certificates, the ACME account key, pending HTTP-01 answers, failure
+ * records and the per-name locks that make one order per domain.
+ *
+ * Keys are plain strings built by the plugin (`example.com`, `acme_account+key`,
+ * `<token>+http-01`, ...): only normalised host names, base64url tokens and fixed
+ * suffixes, never raw client input. They follow Go autocert's cache keys, so a
+ * container written by autocert + azcertcache can be read by this plugin.
+ */
+export interface CertStore {
+  /** The stored bytes, or `undefined` when the key does not exist. Any other failure throws: an outage is never a miss. */
+  get (key: string): Promise<Buffer | undefined>
+  /** Writes the whole value in one call, replacing what was there. */
+  put (key: string, value: Buffer | string): Promise<void>
+  /** Removes the key; removing a missing key is not an error. */
+  delete (key: string): Promise<void>
+  /** Keys that start with `prefix` (all keys when omitted), in no particular order. */
+  list (prefix?: string): Promise<string[]>
+  /**
+   * Takes the exclusive lock named `key` for the whole cluster, waiting while
+   * another holder has it. Locks held by a crashed process lapse by themselves.
+   * Rejects with the signal's reason when `signal` aborts first.
+   */
+  lock (key: string, signal?: AbortSignal): Promise<Lock>
+  /** Frees what the store owns (timers, clients). Locks still held are released. */
+  close? (): Promise<void>
+}
+
+export interface Lock {
+  /**
+   * Aborts when the lock can no longer be guaranteed (its lease could not be
+   * renewed). Work done under the lock checks it before every write.
+   */
+  readonly signal: AbortSignal
+  /** Releases the lock. Never throws; releasing twice is a no-op. */
+  release (): Promise<void>
+}
+
+const METHODS = ['get', 'put', 'delete', 'list', 'lock'] as const
+
+/** True when `value` implements the store contract (used to validate options). */
+export function isCertStore (value: unknown): value is CertStore {
+  return typeof value === 'object' && value !== null &&
+    METHODS.every((m) => typeof (value as Record<string, unknown>)[m] === 'function')
+}
