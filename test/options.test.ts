@@ -1,0 +1,82 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import autocert, { MemoryStore, SNICallback, type AutocertOptions } from '../lib'
+import { handshake } from './helpers/tls'
+
+const valid = (): AutocertOptions => ({ domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
+
+async function registerError (options: unknown): Promise<Error & { code?: string }> {
+  const app = Fastify()
+  try {
+    await app.register(autocert, options as AutocertOptions)
+    await app.ready()
+  } catch (err) {
+    return err as Error
+  } finally {
+    await app.close()
+  }
+  throw new Error('ready() resolved')
+}
+
+t.test('every bad option rejects ready() with its own code and a way to fix it', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
+    ['no domains', { domains: [] }, 'FST_AUTOCERT_NO_DOMAINS', /non-empty array/],
+    ['domains not an array', { domains: 'example.com' }, 'FST_AUTOCERT_NO_DOMAINS', /non-empty array/],
+    ['an IP address', { domains: ['example.com', '10.0.0.1'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /"10\.0\.0\.1"/],
+    ['a wildcard', { domains: ['*.example.com'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /wildcards/],
+    ['a URL', { domains: ['https://example.com/'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /not a host name/],
+    ['no store', { store: undefined }, 'FST_AUTOCERT_INVALID_STORE', /new AzureBlobStore/],
+    ['a store without lock', { store: { get () {}, put () {}, delete () {}, list () {} } }, 'FST_AUTOCERT_INVALID_STORE', /lock/],
+    ['terms not agreed', { termsOfServiceAgreed: undefined }, 'FST_AUTOCERT_TOS_NOT_AGREED', /must be true/],
+    ['terms as a string', { termsOfServiceAgreed: 'yes' }, 'FST_AUTOCERT_TOS_NOT_AGREED', /must be true/],
+    ['an http directory', { directoryUrl: 'http://acme.example/dir' }, 'FST_AUTOCERT_INVALID_DIRECTORY_URL', /https:\/\//],
+    ['a directory that is no URL', { directoryUrl: 'letsencrypt' }, 'FST_AUTOCERT_INVALID_DIRECTORY_URL', /'staging'/],
+    ['an unknown key type', { keyType: 'ed25519' }, 'FST_AUTOCERT_INVALID_KEY_TYPE', /'ecdsa' or 'rsa'/],
+    ['a bad email', { email: 'ops' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.email/],
+    ['a negative renewBefore', { renewBefore: -1 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.renewBefore/],
+    ['empty retryDelays', { retryDelays: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.retryDelays/],
+    ['zero concurrency', { concurrency: 0 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.concurrency/],
+    ['a bad http01 port', { http01: { port: 70000 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.http01\.port/],
+    ['a misspelt option', { domain: ['example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domain is not an option/]
+  ]
+  for (const [what, override, code, message] of cases) {
+    const err = await registerError({ ...valid(), ...override })
+    t.equal(err.code, code, what)
+    t.match(err.message, message, `${what}: the message says how to fix it`)
+    t.type(err, TypeError, `${what}: a TypeError`)
+  }
+})
+
+t.test('valid options are normalised and accepted', async (t) => {
+  for (const directoryUrl of [undefined, 'production', 'staging', 'https://acme.example/dir']) {
+    const app = Fastify()
+    await app.register(autocert, { ...valid(), domains: ['Example.COM.', 'example.com', 'bücher.example'], directoryUrl })
+    await app.ready()
+    t.same(app.autocert.status().map((s) => s.domain), ['example.com', 'xn--bcher-kva.example'], 'deduplicated and normalised')
+    await app.close()
+  }
+})
+
+t.test('the decorator refuses names it does not manage', async (t) => {
+  const app = Fastify()
+  await app.register(autocert, valid())
+  await app.ready()
+  t.teardown(() => app.close())
+  await t.rejects(app.autocert.certificate('other.example'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })
+  await t.rejects(app.autocert.renew('../etc'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })
+})
+
+t.test('SNICallback on a server without the plugin fails the handshake with a clear warning', async (t) => {
+  const app = Fastify({ https: { SNICallback } })
+  app.get('/', async () => 'hi')
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const warnings: Error[] = []
+  const onWarning = (w: Error): void => { warnings.push(w) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const port = (app.server.address() as { port: number }).port
+  await t.rejects(handshake(port, 'example.com', 'no CA needed'))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.match(warnings.map((w) => (w as { code?: string }).code), ['FST_AUTOCERT_NOT_REGISTERED'])
+})

@@ -1,0 +1,49 @@
+import t from 'tap'
+import { AzureBlobStore } from '../lib'
+import { startApp } from './helpers/app'
+import { startAzurite } from './helpers/azurite'
+import { startPebble, trustPebble } from './helpers/pebble'
+import { freePort } from './helpers/ports'
+import { handshake } from './helpers/tls'
+
+// Certificates that live 24 s: the default rule renews when a third (8 s)
+// remains, so a renewal falls due about 16 s after issuance.
+const VALIDITY = 24
+
+t.test('a short-lived certificate is renewed and the new one served, with every handshake succeeding', async (t) => {
+  const azurite = await startAzurite()
+  t.teardown(() => azurite.stop())
+  const httpPort = await freePort()
+  const pebble = await startPebble({ httpPort, validityPeriod: VALIDITY })
+  t.teardown(() => pebble.stop())
+  trustPebble(pebble)
+  const root = await pebble.root()
+  const store = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'renewal-test' })
+  const { app, port, logs } = await startApp(pebble, httpPort, store, { domains: ['r.example.test'] })
+  t.teardown(() => app.close())
+
+  const first = await app.autocert.certificate('r.example.test')
+  const status = app.autocert.status()[0]
+  t.ok(status.renewAt !== undefined && status.renewAt < first.notAfter, 'a renewal is scheduled before expiry')
+
+  // Handshakes every 100 ms until a new serial is served (or the first certificate expires).
+  const serials = new Set<string>()
+  let handshakes = 0
+  let unverified = 0
+  while (Date.now() < first.notAfter.getTime()) {
+    const served = await handshake(port, 'r.example.test', root)
+    handshakes++
+    if (!served.authorized) unverified++
+    serials.add(served.serial)
+    if (serials.size === 2) break
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.equal(serials.size, 2, `renewed before expiry, served after ${handshakes} successful handshakes`)
+  t.equal(unverified, 0, 'every served chain verified against the root')
+  t.equal(pebble.orderCount(), 2, 'one order to obtain, one to renew')
+  const renewed = logs.find((l) => l.msg === 'certificate renewed')
+  t.ok(renewed, 'the renewal is logged')
+  t.equal(renewed?.serial, app.autocert.status()[0].serial, 'status() shows the new serial')
+  const stored = await store.get('r.example.test')
+  t.ok(stored?.toString().includes('CERTIFICATE'), 'the renewed certificate is in the store')
+})
