@@ -193,7 +193,7 @@ export class CertificateManager {
     } catch (err) {
       // An unreachable store is an error, never a miss: no order on an outage.
       this.#fail(domain, err)
-      log.error({ domain: domain.name, err: errorFields(err) }, 'certificate store read failed')
+      log.error({ domain: domain.name, error: errorFields(err) }, 'certificate store read failed')
       throw err
     }
     if (data === undefined) return undefined
@@ -201,7 +201,7 @@ export class CertificateManager {
     try {
       cert = decodeBundle(domain.name, domain.name, data)
     } catch (err) {
-      log.warn({ domain: domain.name, err: errorFields(err) }, 'ignoring unusable stored certificate')
+      log.warn({ domain: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
       return undefined
     }
     if (!live(cert)) return undefined
@@ -276,7 +276,7 @@ export class CertificateManager {
     this.#fail(domain, err)
     domain.retryAt = retryAt
     this.#schedule(domain, retryAt)
-    log.error({ domain: domain.name, failures, retryAt: new Date(retryAt), err: errorFields(err) }, 'certificate order failed')
+    log.error({ domain: domain.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
   }
 
   #adopt (domain: Domain, cert: Certificate): void {

@@ -152,7 +152,7 @@ async function answerChallenge (challenges: Http01Challenges, token: string, fas
     const answer = await challenges.answer(token)
     return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
   } catch (err) {
-    fastify.log.error({ err: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+    fastify.log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
     return { status: 503, body: 'Service Unavailable' }
   }
 }

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { AzureBlobStore } from '../lib'
 import { startApp } from './helpers/app'
+import { startInstance } from './helpers/instance'
 import { startAzurite } from './helpers/azurite'
 import { startPebble, trustPebble } from './helpers/pebble'
 import { freePort } from './helpers/ports'
@@ -46,4 +47,33 @@ t.test('a short-lived certificate is renewed and the new one served, with every 
   t.equal(renewed?.serial, app.autocert.status()[0].serial, 'status() shows the new serial')
   const stored = await store.get('r.example.test')
   t.ok(stored?.toString().includes('CERTIFICATE'), 'the renewed certificate is in the store')
+})
+
+t.test('a fleet renews once: one renewal order, every instance serves the new serial', async (t) => {
+  const azurite = await startAzurite()
+  t.teardown(() => azurite.stop())
+  const httpPort = await freePort()
+  const pebble = await startPebble({ httpPort, validityPeriod: VALIDITY })
+  t.teardown(() => pebble.stop())
+  const root = await pebble.root()
+  const base = { connectionString: azurite.connectionString, container: 'fleet-renewal', domains: ['fr.example.test'] }
+  const fleet = await Promise.all([
+    startInstance(pebble, { ...base, name: 'r1', httpPort }),
+    startInstance(pebble, { ...base, name: 'r2' }),
+    startInstance(pebble, { ...base, name: 'r3' })
+  ])
+  t.teardown(() => Promise.all(fleet.map((i) => i.stop())))
+  const serve = (): Promise<string[]> => Promise.all(fleet.map(async (i) => (await handshake(i.port, 'fr.example.test', root)).serial))
+
+  const first = await serve()
+  t.equal(new Set(first).size, 1, 'one certificate for the fleet')
+  const renewed = await Promise.any(fleet.map((i) => i.waitForLog((l) => l.msg === 'certificate renewed', 60_000)))
+  // Every instance adopts it at its own renewal time, at most the jitter window later.
+  await new Promise((resolve) => setTimeout(resolve, 3000))
+  const after = await serve()
+  t.same(after, [renewed.serial, renewed.serial, renewed.serial], 'all three serve the renewed certificate')
+  t.not(renewed.serial, first[0])
+  t.equal(pebble.orderCount(), 2, 'one order to obtain, one to renew, for the whole fleet')
+  const renewals = fleet.flatMap((i) => i.logs.filter((l) => l.msg === 'certificate renewed'))
+  t.equal(renewals.length, 1, 'one instance renewed; the others adopted')
 })

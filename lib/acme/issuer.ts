@@ -82,10 +82,12 @@ export class Issuer {
   async #register (signal: AbortSignal): Promise<acme.Client> {
     const { store, directoryUrl, email, externalAccountBinding } = this.#opts
     let accountKey = await store.get(ACCOUNT_KEY)
+    let known = accountKey !== undefined
     if (accountKey === undefined) {
       const lock = await store.lock(ACCOUNT_KEY, signal)
       try {
         accountKey = await store.get(ACCOUNT_KEY)
+        known = accountKey !== undefined
         if (accountKey === undefined) {
           accountKey = await acme.crypto.createPrivateEcdsaKey('P-256')
           lock.signal.throwIfAborted()
@@ -96,11 +98,13 @@ export class Issuer {
       }
     }
     const client = new acme.Client({ directoryUrl, accountKey, externalAccountBinding, ...POLLING })
-    // With a key the CA already knows, this returns the existing account.
-    await client.createAccount({
-      termsOfServiceAgreed: true,
-      ...(email === undefined ? {} : { contact: [`mailto:${email}`] })
-    })
+    const account = { termsOfServiceAgreed: true, ...(email === undefined ? {} : { contact: [`mailto:${email}`] }) }
+    // Another instance registered this key already: look the account up. A plain
+    // newAccount would turn into an update that CAs refuse when nothing changes.
+    // The key may still be new to this CA (another directory URL): then register it.
+    if (!known || !(await client.createAccount({ onlyReturnExisting: true }).then(() => true, () => false))) {
+      await client.createAccount(account)
+    }
     return client
   }
 }

@@ -1,0 +1,262 @@
+import { randomUUID } from 'node:crypto'
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import type { CertStore, Lock } from './store'
+
+// certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
+const STALE_MS = 10_000
+const REFRESH_MS = 3_000
+// A waiter retries about once a second; the jitter spreads waiters out.
+const RETRY_MS = 800
+const RETRY_JITTER_MS = 400
+
+/**
+ * A store in a local directory, like Go autocert's DirCache: one file per key
+ * (mode 0o600) in a directory created with mode 0o700 on first use. Writes are
+ * atomic (temporary file + rename). Shared by processes on one machine, or over a
+ * network file system whose clocks agree.
+ *
+ * Names starting with '.' belong to the store, never to a key: the lock on `key`
+ * is the file `.<key>.lock`, temporary files are `.tmp-<uuid>` and `.aside-<uuid>`.
+ * A lock file holds its owner's random id and is touched every 3 s while held;
+ * one untouched for 10 s is taken over.
+ */
+export class FileStore implements CertStore {
+  readonly #dir: string
+  readonly #held = new Set<HeldFile>()
+  // Aborted by close(): ends lock() waits that are still going on.
+  readonly #closing = new AbortController()
+  #ready: Promise<void> | undefined
+
+  constructor (dir: string) {
+    if (typeof dir !== 'string' || dir === '') {
+      throw Object.assign(new TypeError('FileStore: the directory must be a non-empty path, e.g. new FileStore(\'/var/lib/autocert\')'), {
+        code: 'FST_AUTOCERT_INVALID_STORE_OPTIONS'
+      })
+    }
+    this.#dir = path.resolve(dir)
+  }
+
+  async get (key: string): Promise<Buffer | undefined> {
+    const file = this.#path(key)
+    await this.#mkdir()
+    try {
+      return await readFile(file)
+    } catch (err) {
+      if (isCode(err, 'ENOENT')) return undefined
+      throw err
+    }
+  }
+
+  async put (key: string, value: Buffer | string): Promise<void> {
+    const file = this.#path(key)
+    await this.#mkdir()
+    const tmp = path.join(this.#dir, `.tmp-${randomUUID()}`)
+    try {
+      const handle = await open(tmp, 'wx', 0o600)
+      try {
+        await handle.writeFile(value)
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
+      await rename(tmp, file)
+    } catch (err) {
+      await rm(tmp, { force: true })
+      throw err
+    }
+  }
+
+  async delete (key: string): Promise<void> {
+    const file = this.#path(key)
+    await this.#mkdir()
+    await rm(file, { force: true })
+  }
+
+  async list (prefix = ''): Promise<string[]> {
+    await this.#mkdir()
+    const entries = await readdir(this.#dir, { withFileTypes: true })
+    return entries
+      .filter((e) => e.isFile() && !e.name.startsWith('.') && e.name.startsWith(prefix))
+      .map((e) => e.name)
+  }
+
+  async lock (key: string, signal?: AbortSignal): Promise<Lock> {
+    const file = path.join(this.#dir, `.${checkKey(key)}.lock`)
+    signal?.throwIfAborted()
+    this.#closing.signal.throwIfAborted()
+    const wait = linkSignals(signal, this.#closing.signal)
+    const owner = randomUUID()
+    try {
+      await this.#mkdir()
+      for (;;) {
+        if (await this.#create(file, owner)) break
+        if (await this.#removeIfStale(file)) continue
+        await sleep(RETRY_MS + Math.random() * RETRY_JITTER_MS, wait.signal)
+      }
+      // Taken, but the caller may have given up (or the store closed) just now.
+      if (wait.signal.aborted) {
+        await removeIfOwned(file, owner)
+        throw wait.signal.reason
+      }
+    } finally {
+      wait.dispose()
+    }
+    const held = new HeldFile(key, file, owner, () => this.#held.delete(held))
+    this.#held.add(held)
+    return held
+  }
+
+  async close (): Promise<void> {
+    this.#closing.abort(new Error('FileStore closed'))
+    await Promise.all([...this.#held].map((held) => held.drop(new Error('FileStore closed: the lock was released'))))
+  }
+
+  #path (key: string): string {
+    return path.join(this.#dir, checkKey(key))
+  }
+
+  // Creates the directory on first use; a failed attempt is retried by the next call.
+  #mkdir (): Promise<void> {
+    this.#ready ??= mkdir(this.#dir, { recursive: true, mode: 0o700 }).then(() => {}, (err: unknown) => {
+      this.#ready = undefined
+      throw err
+    })
+    return this.#ready
+  }
+
+  async #create (file: string, owner: string): Promise<boolean> {
+    let handle
+    try {
+      handle = await open(file, 'wx', 0o600)
+    } catch (err) {
+      if (isCode(err, 'EEXIST')) return false
+      throw err
+    }
+    try {
+      await handle.writeFile(owner)
+    } finally {
+      await handle.close()
+    }
+    return true
+  }
+
+  // Two waiters may find the same stale file: unlinking it by name could remove
+  // the fresh lock the other one just created. So move it aside first (atomic),
+  // check that what was moved is the stale file, and put it back if it is not.
+  // True when the lock file was stale and is gone (or was gone already): try again at once.
+  async #removeIfStale (file: string): Promise<boolean> {
+    const aside = path.join(this.#dir, `.aside-${randomUUID()}`)
+    try {
+      if (!isStale(await stat(file))) return false
+      await rename(file, aside)
+      if (isStale(await stat(aside))) return true
+      // Refreshed by its holder or re-created since the check: put it back, unless
+      // yet another one took its place (then its holder finds out at its next refresh).
+      await link(aside, file).catch(() => {})
+      return false
+    } catch (err) {
+      if (!isCode(err, 'ENOENT')) throw err
+    } finally {
+      await rm(aside, { force: true })
+    }
+    return true
+  }
+}
+
+class HeldFile implements Lock {
+  readonly #controller = new AbortController()
+  readonly signal = this.#controller.signal
+  readonly #file: string
+  readonly #owner: string
+  readonly #forget: () => void
+  readonly #timer: NodeJS.Timeout
+  // The latest refresh: release() waits for it.
+  #refreshing: Promise<void> | undefined
+  #released: Promise<void> | undefined
+
+  constructor (key: string, file: string, owner: string, forget: () => void) {
+    this.#file = file
+    this.#owner = owner
+    this.#forget = forget
+    this.#timer = setInterval(() => {
+      this.#refreshing = this.#refresh()
+        .then(() => {}, (err: unknown) => {
+          clearInterval(this.#timer)
+          this.#controller.abort(new Error(`lock "${key}": the lock file was removed or taken over by another process`, { cause: err }))
+        })
+    }, REFRESH_MS)
+    this.#timer.unref()
+  }
+
+  release (): Promise<void> {
+    this.#released ??= (async () => {
+      clearInterval(this.#timer)
+      this.#forget()
+      await this.#refreshing
+      await removeIfOwned(this.#file, this.#owner).catch(() => {})
+    })()
+    return this.#released
+  }
+
+  drop (reason: Error): Promise<void> {
+    this.#controller.abort(reason)
+    return this.release()
+  }
+
+  async #refresh (): Promise<void> {
+    if (await readFile(this.#file, 'utf8') !== this.#owner) throw new Error('the lock file has another owner')
+    const now = new Date()
+    await utimes(this.#file, now, now)
+  }
+}
+
+async function removeIfOwned (file: string, owner: string): Promise<void> {
+  if (await readFile(file, 'utf8').catch(() => undefined) === owner) await rm(file, { force: true })
+}
+
+function isStale (stats: { mtimeMs: number }): boolean {
+  return Date.now() - stats.mtimeMs > STALE_MS
+}
+
+// Keys are plain names (host names, base64url tokens, fixed suffixes): anything
+// that could leave the directory or name one of the store's own files is refused.
+function checkKey (key: string): string {
+  if (typeof key !== 'string' || key === '' || key.startsWith('.') || /[/\\\0]|\.\./.test(key)) {
+    throw new TypeError(`invalid store key ${JSON.stringify(key)}: keys are plain names without '/', '\\', '..', NUL or a leading '.'`)
+  }
+  return key
+}
+
+function isCode (err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
+}
+
+interface LinkedSignal {
+  signal: AbortSignal
+  dispose: () => void
+}
+
+// An AbortSignal that aborts with the first of `a` and `b`, neither aborted yet;
+// dispose() removes the listeners (AbortSignal.any keeps them on the long-lived one).
+function linkSignals (a: AbortSignal | undefined, b: AbortSignal): LinkedSignal {
+  if (a === undefined) return { signal: b, dispose: () => {} }
+  const controller = new AbortController()
+  const onA = (): void => controller.abort(a.reason)
+  const onB = (): void => controller.abort(b.reason)
+  a.addEventListener('abort', onA, { once: true })
+  b.addEventListener('abort', onB, { once: true })
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      a.removeEventListener('abort', onA)
+      b.removeEventListener('abort', onB)
+    }
+  }
+}
+
+// Waits `ms` without holding the process open; rejects with the signal's reason on abort.
+function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  return delay(ms, undefined, { signal, ref: false }).catch(() => { throw signal.reason })
+}

@@ -1,0 +1,67 @@
+import path from 'node:path'
+import type { InstanceConfig } from '../fixtures/instance'
+import type { Pebble } from './pebble'
+import { spawnTracked, stopChild } from './proc'
+
+const FIXTURE = path.join(__dirname, '../fixtures/instance.ts')
+
+export interface Instance {
+  name: string
+  /** HTTPS port on 127.0.0.1. */
+  port: number
+  /** Every JSON log line so far. */
+  logs: Array<Record<string, unknown>>
+  /** Resolves with the first log line (past or future) that matches. */
+  waitForLog (match: (line: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>
+  /** SIGKILL: a crash, no clean-up. */
+  kill (): Promise<void>
+  /** SIGTERM: app.close(), then exit. */
+  stop (): Promise<void>
+}
+
+export type InstanceOptions = Omit<InstanceConfig, 'directoryUrl'>
+
+/** Starts one app process (test/fixtures/instance.ts) and waits until it listens. */
+export async function startInstance (pebble: Pebble, options: InstanceOptions): Promise<Instance> {
+  const config: InstanceConfig = { directoryUrl: pebble.directoryUrl, ...options }
+  const child = spawnTracked(process.execPath, ['--import', 'tsx', FIXTURE], {
+    env: { ...process.env, AUTOCERT_INSTANCE: JSON.stringify(config), NODE_EXTRA_CA_CERTS: pebble.caFile }
+  })
+  const logs: Array<Record<string, unknown>> = []
+  const waiters = new Set<() => void>()
+  let rest = ''
+  let stderr = ''
+  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
+  child.stdout?.on('data', (d: Buffer) => {
+    const lines = (rest + d.toString()).split('\n')
+    rest = lines.pop() ?? ''
+    for (const line of lines) if (line.startsWith('{')) logs.push(JSON.parse(line))
+    for (const wake of waiters) wake()
+  })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+
+  const waitForLog = (match: (line: Record<string, unknown>) => boolean, ms = 60_000): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const line = logs.find(match)
+        if (line === undefined) return
+        done()
+        resolve(line)
+      }
+      const timer = setTimeout(() => { done(); reject(new Error(`${options.name}: no such log line within ${ms} ms\n${stderr}`)) }, ms)
+      const done = (): void => { clearTimeout(timer); waiters.delete(check) }
+      waiters.add(check)
+      void exited.then(() => { if (waiters.has(check)) { done(); reject(new Error(`${options.name} exited\n${stderr}`)) } })
+      check()
+    })
+
+  const listening = await waitForLog((l) => l.msg === 'instance listening')
+  return {
+    name: options.name,
+    port: listening.port as number,
+    logs,
+    waitForLog,
+    kill: async () => { child.kill('SIGKILL'); await exited },
+    stop: () => stopChild(child)
+  }
+}
