@@ -24,7 +24,9 @@ export type InstanceOptions = Omit<InstanceConfig, 'directoryUrl'>
 /** Starts one app process (test/fixtures/instance.ts) and waits until it listens. */
 export async function startInstance (pebble: Pebble, options: InstanceOptions): Promise<Instance> {
   const config: InstanceConfig = { directoryUrl: pebble.directoryUrl, ...options }
-  const child = spawnTracked(process.execPath, ['--import', 'tsx', FIXTURE], {
+  // The test's own execArgv holds its TypeScript loader (and, under tap, the
+  // coverage hooks): the child runs the same way, so its coverage merges too.
+  const child = spawnTracked(process.execPath, [...process.execArgv, FIXTURE], {
     env: { ...process.env, AUTOCERT_INSTANCE: JSON.stringify(config), NODE_EXTRA_CA_CERTS: pebble.caFile }
   })
   const logs: Array<Record<string, unknown>> = []

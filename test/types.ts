@@ -1,0 +1,33 @@
+// Type tests of the public surface, checked by `npm run typecheck` (tsc):
+// every line marked @ts-expect-error must fail to compile, the rest must pass.
+import Fastify from 'fastify'
+import autocert, {
+  AzureBlobStore, FileStore, MemoryStore, SNICallback,
+  type Autocert, type AutocertOptions, type CertificateInfo, type CertStore, type DomainStatus
+} from '../lib'
+
+export async function surface (): Promise<void> {
+  const app = Fastify({ https: { SNICallback } })
+  await app.register(autocert, { domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
+  const decorator: Autocert = app.autocert
+  const info: CertificateInfo = await decorator.certificate('example.com')
+  const notAfter: Date = info.notAfter
+  const status: DomainStatus[] = app.autocert.status()
+  const renewAt: Date | undefined = status[0].renewAt
+  void notAfter
+  void renewAt
+
+  const store: CertStore = new FileStore('/var/lib/autocert')
+  const options: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'rsa', http01: { port: 80 } }
+  void options
+
+  // @ts-expect-error the key type is a closed union
+  await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'ed25519' })
+  // @ts-expect-error domains are required
+  await app.register(autocert, { store, termsOfServiceAgreed: true })
+  // @ts-expect-error the decorator hands out no private key
+  void info.key
+  // @ts-expect-error two ways to authenticate at once
+  void new AzureBlobStore({ connectionString: 'x', accountName: 'a', accountKey: 'k' })
+  void new AzureBlobStore({ connectionString: 'UseDevelopmentStorage=true', container: 'certs', leaseDuration: 30 })
+}
