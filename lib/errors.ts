@@ -60,6 +60,11 @@ export const FST_AUTOCERT_BACKOFF = createError<[string, string]>(
   'not ordering a certificate for %s before %s: the last attempt failed',
   503)
 
+export const FST_AUTOCERT_RATE_LIMITED = createError<[string, number, string]>(
+  'FST_AUTOCERT_RATE_LIMITED',
+  'not ordering a certificate for %s: the fleet placed %d orders in the last hour (options.maxOrdersPerHour); next slot at %s',
+  503)
+
 export const FST_AUTOCERT_LOCK_LOST = createError<[string]>(
   'FST_AUTOCERT_LOCK_LOST',
   'lost the cluster lock for %s before writing: another instance may take over')

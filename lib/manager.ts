@@ -1,7 +1,8 @@
 import type { SecureContext } from 'node:tls'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import {
-  FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOSED, FST_AUTOCERT_LOCK_LOST, FST_AUTOCERT_NAME_NOT_ALLOWED
+  FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOSED, FST_AUTOCERT_LOCK_LOST, FST_AUTOCERT_NAME_NOT_ALLOWED,
+  FST_AUTOCERT_RATE_LIMITED
 } from './errors'
 import { normalizeName } from './names'
 import { renewalTime, retryDelay } from './renewal'
@@ -30,6 +31,8 @@ export interface ManagerOptions {
   renewBefore?: number
   /** Failure backoff steps (ms), see DEFAULT_RETRY_DELAYS. */
   retryDelays?: readonly number[]
+  /** New orders the whole fleet may place in any hour. */
+  maxOrdersPerHour: number
   /** How many domains are loaded or ordered at once by prewarm() and start(). */
   concurrency: number
 }
@@ -64,12 +67,19 @@ interface Domain {
   renewAt?: number
   retryAt?: number
   lastError?: { message: string, at: number }
+  /** The certificate in memory was issued but could not be written yet. */
+  unsaved?: boolean
+  /** An unusable or expired stored certificate was logged already (once is enough). */
+  reported?: boolean
   timer?: NodeJS.Timeout
   loading?: Promise<Certificate | undefined>
   ordering?: Promise<Certificate>
 }
 
 const failureKey = (name: string): string => `${name}+failure`
+/** Store key (and lock) of the fleet's log of recent orders. */
+const ORDER_LOG = 'acme_orders+log'
+const HOUR = 3_600_000
 // setTimeout fires at once past 2^31-1 ms (24.8 days): longer waits are taken in steps.
 const MAX_TIMER = 2 ** 31 - 1
 const REFUSAL_LOG_INTERVAL = 10_000
@@ -187,24 +197,28 @@ export class CertificateManager {
 
   async #read (domain: Domain): Promise<Certificate | undefined> {
     const { store, log } = this.#opts
-    let data: Buffer | undefined
+    let cert: Certificate
     try {
-      data = await store.get(domain.name)
+      const data = await store.get(domain.name)
+      if (data === undefined) return undefined
+      cert = decodeBundle(domain.name, domain.name, data)
     } catch (err) {
+      if (isCorrupt(err)) {
+        // Never served; the next order replaces it. Logged once, not at every read.
+        if (!domain.reported) log.warn({ domain: domain.name, blob: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
+        domain.reported = true
+        return undefined
+      }
       // An unreachable store is an error, never a miss: no order on an outage.
       this.#fail(domain, err)
       log.error({ domain: domain.name, error: errorFields(err) }, 'certificate store read failed')
       throw err
     }
-    if (data === undefined) return undefined
-    let cert: Certificate
-    try {
-      cert = decodeBundle(domain.name, domain.name, data)
-    } catch (err) {
-      log.warn({ domain: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
+    if (!live(cert)) {
+      if (!domain.reported) log.info({ ...certFields(cert), blob: domain.name }, 'stored certificate has expired')
+      domain.reported = true
       return undefined
     }
-    if (!live(cert)) return undefined
     if (domain.cert === undefined || cert.notAfter > domain.cert.notAfter) this.#adopt(domain, cert)
     return domain.cert
   }
@@ -225,29 +239,81 @@ export class CertificateManager {
     }
     const had = domain.cert
     const lock = await store.lock(name, closing)
+    let issued: Certificate | undefined
     try {
       // Another instance may have obtained it while we waited for the lock.
       const stored = await this.#read(domain)
       if (stored !== undefined && (force ? stored !== had : !due(domain))) return stored
       if (!force) await this.#checkBackoff(domain)
+      await this.#takeOrderSlot(domain)
 
       log.info({ domain: name }, 'ordering certificate')
-      const signal = AbortSignal.any([closing, lock.signal])
-      let issued: Certificate
       try {
-        const { key, chain } = await issuer.issue(name, signal)
+        // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
+        const { key, chain } = await untilAborted(issuer.issue(name, AbortSignal.any([closing, lock.signal])), closing)
         issued = decodeBundle(name, name, encodeBundle({ key, chain }))
       } catch (err) {
         if (closing.aborted) throw closing.reason
         await this.#recordFailure(domain, err, lock.signal)
         throw err
       }
+      // Served from now on, whatever happens to the write.
+      this.#adopt(domain, issued)
+      log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
       if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
       await store.put(name, encodeBundle(issued))
       await store.delete(failureKey(name)).catch(() => {})
-      this.#adopt(domain, issued)
-      log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
       return issued
+    } catch (err) {
+      if (issued === undefined) throw err
+      // Issued but not stored (the store went away, or the lease lapsed): keep
+      // it, serve it, and write it once the store answers — a second order would
+      // cost the CA's rate limits. #persist checks no newer one arrived meanwhile.
+      domain.unsaved = true
+      log.warn({ domain: name, error: errorFields(err) }, 'certificate not stored yet; will retry')
+      this.#schedule(domain, Date.now() + retryDelay(1, this.#opts.retryDelays))
+      return issued
+    } finally {
+      await lock.release()
+    }
+  }
+
+  /** Writes a certificate issued while the store was unreachable, unless the store now holds a newer one. */
+  async #persist (domain: Domain): Promise<void> {
+    const cert = domain.cert as Certificate
+    const lock = await this.#opts.store.lock(domain.name, this.#closing.signal)
+    try {
+      const stored = await this.#read(domain)
+      if (stored === cert) {
+        lock.signal.throwIfAborted()
+        await this.#opts.store.put(domain.name, encodeBundle(cert))
+      }
+      domain.unsaved = false
+      this.#opts.log.info(certFields(domain.cert as Certificate), stored === cert ? 'certificate stored' : 'adopted a newer stored certificate')
+    } finally {
+      await lock.release()
+    }
+  }
+
+  /**
+   * The fleet-wide budget of new orders: a log of the last hour's orders in the
+   * store, under its own lock. Taken after the name's lock, so the locks are
+   * always taken in one order and cannot deadlock.
+   */
+  async #takeOrderSlot (domain: Domain): Promise<void> {
+    const { store, maxOrdersPerHour } = this.#opts
+    const lock = await store.lock(ORDER_LOG, this.#closing.signal)
+    try {
+      const now = Date.now()
+      const recent = parseOrderLog(await store.get(ORDER_LOG)).filter((at) => at > now - HOUR)
+      if (recent.length >= maxOrdersPerHour) {
+        const retryAt = recent[0] + HOUR
+        domain.retryAt = retryAt
+        this.#schedule(domain, retryAt)
+        throw new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
+      }
+      lock.signal.throwIfAborted()
+      await store.put(ORDER_LOG, JSON.stringify([...recent, now]))
     } finally {
       await lock.release()
     }
@@ -282,6 +348,7 @@ export class CertificateManager {
   #adopt (domain: Domain, cert: Certificate): void {
     domain.cert = cert
     domain.context = undefined
+    domain.reported = false
     domain.lastError = undefined
     domain.retryAt = undefined
     domain.renewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
@@ -300,7 +367,7 @@ export class CertificateManager {
     domain.timer = setTimeout(() => {
       if (wait > MAX_TIMER) return this.#schedule(domain, at)
       domain.timer = undefined
-      void this.#background(domain, this.#order(domain, false))
+      void this.#background(domain, domain.unsaved === true ? this.#persist(domain) : this.#order(domain, false))
     }, Math.min(wait, MAX_TIMER)).unref()
   }
 
@@ -345,6 +412,28 @@ function due (domain: Domain): boolean {
 
 function date (ms: number | undefined): Date | undefined {
   return ms === undefined ? undefined : new Date(ms)
+}
+
+function parseOrderLog (data: Buffer | undefined): number[] {
+  try {
+    const log: unknown = JSON.parse(data?.toString('utf8') ?? '[]')
+    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)) : []
+  } catch {
+    return []
+  }
+}
+
+function isCorrupt (err: unknown): boolean {
+  return (err as { code?: unknown }).code === 'FST_AUTOCERT_CORRUPT'
+}
+
+/** Settles with `promise`, or rejects with the signal's reason as soon as it aborts. */
+function untilAborted<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
 }
 
 function parseFailure (data: Buffer | undefined): FailureRecord | undefined {

@@ -14,13 +14,19 @@ import {
 } from './errors'
 import { CertificateManager, type DomainStatus } from './manager'
 import { normalizeName } from './names'
+import { AzureBlobStore, type AzureBlobStoreOptions } from './store/azure-blob'
+import { EncryptedStore, type EncryptionOptions } from './store/encrypted'
 import { isCertStore, type CertStore } from './store/store'
 
 export interface AutocertOptions {
   /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. */
   domains: string[]
-  /** Where certificates, the account key, challenges, locks and failure records live: shared by the fleet. */
-  store: CertStore
+  /**
+   * Where certificates, the account key, challenges, locks and failure records
+   * live, shared by the fleet: a store you built (you close it), or the options
+   * of an AzureBlobStore that the plugin builds and closes with the app.
+   */
+  store: CertStore | AzureBlobStoreOptions
   /** Must be `true`: you accept the CA's terms of service. */
   termsOfServiceAgreed: boolean
   /** Contact address for the ACME account (expiry notices, CA announcements). Default: none. */
@@ -35,6 +41,14 @@ export interface AutocertOptions {
   retryDelays?: number[]
   /** How many domains are loaded from the store or ordered at once at start-up. Default: 8. */
   concurrency?: number
+  /**
+   * New orders the whole fleet may place in any hour, counted in the store, so
+   * no client, bug or restart loop can exhaust the CA's limits (Let's Encrypt:
+   * 300 new orders per account per 3 hours). Default: 100.
+   */
+  maxOrdersPerHour?: number
+  /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */
+  encryption?: EncryptionOptions
   /**
    * For an HTTPS app: a companion plain-HTTP listener, started when the app is
    * ready and closed with it, that answers HTTP-01 challenges and redirects
@@ -75,7 +89,7 @@ export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
 const OPTION_KEYS = new Set([
   'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
-  'retryDelays', 'concurrency', 'http01', 'externalAccountBinding'
+  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'externalAccountBinding'
 ])
 
 // Which manager serves a TLS server: SNICallback finds it through the socket.
@@ -98,23 +112,25 @@ export function SNICallback (this: TLSSocket, servername: string, cb: (err: Erro
 
 const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) => {
   const opts = validate(options)
-  const challenges = new Http01Challenges(opts.store)
+  const store = opts.encryption === undefined ? opts.store : new EncryptedStore(opts.store, opts.encryption)
+  const challenges = new Http01Challenges(store)
   const issuer = new Issuer({
     directoryUrl: opts.directoryUrl,
     email: opts.email,
     keyType: opts.keyType,
     externalAccountBinding: opts.externalAccountBinding,
-    store: opts.store,
+    store,
     challenges
   })
   const manager = new CertificateManager({
     domains: opts.domains,
-    store: opts.store,
+    store,
     issuer,
     log: fastify.log,
     renewBefore: opts.renewBefore,
     retryDelays: opts.retryDelays,
-    concurrency: opts.concurrency
+    concurrency: opts.concurrency,
+    maxOrdersPerHour: opts.maxOrdersPerHour
   })
   managers.set(fastify.server, manager)
 
@@ -128,7 +144,7 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
     method: ['GET', 'HEAD'],
     url: `${CHALLENGE_PATH}:token`,
     handler: async (request, reply) => {
-      const answer = await answerChallenge(challenges, request.params.token, fastify)
+      const answer = await answerChallenge(challenges, request.params.token, request.host, fastify)
       return reply.code(answer.status).type('text/plain').send(answer.body)
     }
   })
@@ -144,12 +160,13 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
     managers.delete(fastify.server)
     await manager.close()
     if (companion !== undefined) await new Promise((resolve) => companion?.close(resolve))
+    if (opts.ownsStore) await opts.store.close?.()
   })
 }
 
-async function answerChallenge (challenges: Http01Challenges, token: string, fastify: FastifyInstance): Promise<{ status: number, body: string }> {
+async function answerChallenge (challenges: Http01Challenges, token: string, host: string | undefined, fastify: FastifyInstance): Promise<{ status: number, body: string }> {
   try {
-    const answer = await challenges.answer(token)
+    const answer = await challenges.answer(token, host)
     return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
   } catch (err) {
     fastify.log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
@@ -163,7 +180,7 @@ async function listenHttp01 (where: { port: number, host?: string }, challenges:
     const url = req.url ?? '/'
     const isRead = req.method === 'GET' || req.method === 'HEAD'
     if (isRead && url.startsWith(CHALLENGE_PATH)) {
-      const answer = await answerChallenge(challenges, url.slice(CHALLENGE_PATH.length), fastify)
+      const answer = await answerChallenge(challenges, url.slice(CHALLENGE_PATH.length), req.headers.host, fastify)
       res.writeHead(answer.status, { 'content-type': 'text/plain' }).end(answer.body)
       return
     }
@@ -195,10 +212,14 @@ function info (cert: Certificate): CertificateInfo {
   }
 }
 
-interface ResolvedOptions extends Omit<AutocertOptions, 'directoryUrl' | 'keyType' | 'concurrency'> {
+interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour'> {
+  store: CertStore
+  /** The plugin built the store, so it closes it. */
+  ownsStore: boolean
   directoryUrl: string
   keyType: KeyType
   concurrency: number
+  maxOrdersPerHour: number
 }
 
 function validate (options: AutocertOptions): ResolvedOptions {
@@ -206,14 +227,13 @@ function validate (options: AutocertOptions): ResolvedOptions {
   if (unknown.length > 0) {
     throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${[...OPTION_KEYS].join(', ')}`)
   }
-  const { domains, store, termsOfServiceAgreed, email, renewBefore, retryDelays, http01 } = options
+  const { domains, termsOfServiceAgreed, email, renewBefore, retryDelays, http01, encryption } = options
   if (!Array.isArray(domains) || domains.length === 0) throw new FST_AUTOCERT_NO_DOMAINS()
   const names = domains.map((raw) => {
     const name = typeof raw === 'string' ? normalizeName(raw) : undefined
     if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
     return name
   })
-  if (!isCertStore(store)) throw new FST_AUTOCERT_INVALID_STORE()
   if (termsOfServiceAgreed !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
   if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
     throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
@@ -231,10 +251,43 @@ function validate (options: AutocertOptions): ResolvedOptions {
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new FST_AUTOCERT_INVALID_OPTION('concurrency', 'must be a positive integer')
   }
+  const maxOrdersPerHour = options.maxOrdersPerHour ?? 100
+  if (!Number.isInteger(maxOrdersPerHour) || maxOrdersPerHour < 1) {
+    throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
+  }
+  if (encryption !== undefined) {
+    for (const [i, key] of [encryption?.key, ...(encryption?.previousKeys ?? [])].entries()) {
+      const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key
+      if (!Buffer.isBuffer(bytes) || bytes.length !== 32) {
+        throw new FST_AUTOCERT_INVALID_OPTION(i === 0 ? 'encryption.key' : `encryption.previousKeys[${i - 1}]`,
+          'must be 32 bytes: a Buffer, or a base64 string such as `openssl rand -base64 32` prints')
+      }
+    }
+  }
+  const { store, ownsStore } = resolveStore(options.store)
   if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
     throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
   }
-  return { ...options, domains: [...new Set(names)], keyType, concurrency, directoryUrl: directoryUrl(options.directoryUrl) }
+  return {
+    ...options,
+    domains: [...new Set(names)],
+    store,
+    ownsStore,
+    keyType,
+    concurrency,
+    maxOrdersPerHour,
+    directoryUrl: directoryUrl(options.directoryUrl)
+  }
+}
+
+/** A store instance is used as it is; plain options build an AzureBlobStore (whose option errors carry their own code). */
+function resolveStore (value: unknown): { store: CertStore, ownsStore: boolean } {
+  if (isCertStore(value)) return { store: value, ownsStore: false }
+  // Something with some of a store's methods is a store that misses the others.
+  const partial = typeof value === 'object' && value !== null &&
+    ['get', 'put', 'delete', 'list', 'lock'].some((m) => typeof (value as Record<string, unknown>)[m] === 'function')
+  if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
+  return { store: new AzureBlobStore(value as AzureBlobStoreOptions), ownsStore: true }
 }
 
 function directoryUrl (value: string | undefined): string {

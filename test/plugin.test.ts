@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto'
-import { get, type IncomingMessage } from 'node:http'
+import { get as httpGet } from 'node:http'
 import { BlobServiceClient } from '@azure/storage-blob'
 import Fastify from 'fastify'
 import t from 'tap'
@@ -81,26 +81,33 @@ t.test('the plugin on real Pebble and real Azurite', async (t) => {
     t.equal(pebble.orderCount(), orders + 1, 'one order')
   })
 
-  await t.test('the challenge route answers a token stored by another instance, 404s an unknown one', async (t) => {
+  await t.test('the challenge route answers a token stored by another instance, for its host only', async (t) => {
     const token = 'x'.repeat(43)
-    await container.getBlockBlobClient(`${token}+http-01`).upload('x.key-authorization', 19)
-    const companion = `http://127.0.0.1:${httpPort}/.well-known/acme-challenge/`
-    const hit = await fetch(companion + token)
+    await container.getBlockBlobClient(`${token}+http-01`)
+      .upload(JSON.stringify({ domain: 'a.example.test', keyAuthorization: 'x.key-authorization' }), 63)
+    // fetch() cannot set Host: a plain http.get can.
+    const get = (path: string, host: string): Promise<{ status?: number, type?: string, location?: string, body: string }> =>
+      new Promise((resolve, reject) => {
+        httpGet({ port: httpPort, host: '127.0.0.1', path, headers: { host } }, (res) => {
+          let body = ''
+          res.on('data', (d: Buffer) => { body += d.toString() })
+          res.on('end', () => resolve({ status: res.statusCode, type: res.headers['content-type'], location: res.headers.location, body }))
+        }).on('error', reject)
+      })
+    const path = `/.well-known/acme-challenge/${token}`
+    const hit = await get(path, `a.example.test:${httpPort}`)
     t.equal(hit.status, 200)
-    t.equal(await hit.text(), 'x.key-authorization')
-    t.match(hit.headers.get('content-type'), /^text\/plain/)
-    t.equal((await fetch(companion + 'y'.repeat(43))).status, 404)
-    const viaApp = await first.app.inject({ url: `/.well-known/acme-challenge/${token}` })
+    t.equal(hit.body, 'x.key-authorization', 'exactly the key authorization')
+    t.match(hit.type, /^text\/plain/)
+    t.equal((await get(path, 'b.example.test')).status, 404, 'not for another host')
+    t.equal((await get(`/.well-known/acme-challenge/${'y'.repeat(43)}`, 'a.example.test')).status, 404, 'unknown token')
+    const viaApp = await first.app.inject({ url: path, headers: { host: 'A.Example.Test' } })
     t.equal(viaApp.statusCode, 200, 'the app route answers too')
     t.equal(viaApp.body, 'x.key-authorization')
-    t.equal((await first.app.inject({ url: '/.well-known/acme-challenge/..%2f..%2facme_account+key' })).statusCode, 404)
-    // fetch() cannot set Host: a plain http.get can.
-    const other = await new Promise<IncomingMessage>((resolve, reject) => {
-      get({ port: httpPort, host: '127.0.0.1', path: '/some/page?q=1', headers: { host: 'a.example.test' } }, resolve).on('error', reject)
-    })
-    other.resume()
-    t.equal(other.statusCode, 302, 'everything else is redirected to https')
-    t.equal(other.headers.location, `https://a.example.test:${first.port}/some/page?q=1`)
+    t.equal((await first.app.inject({ url: '/.well-known/acme-challenge/..%2f..%2facme_account+key', headers: { host: 'a.example.test' } })).statusCode, 404)
+    const other = await get('/some/page?q=1', 'a.example.test')
+    t.equal(other.status, 302, 'everything else is redirected to https')
+    t.equal(other.location, `https://a.example.test:${first.port}/some/page?q=1`)
   })
 
   await t.test('a restarted app serves the stored certificate with no new order', async (t) => {
@@ -135,10 +142,11 @@ t.test('on a plain HTTP instance the challenge route is on that instance', async
   await app.ready()
   t.teardown(() => app.close())
   const token = 'T'.repeat(40)
-  await store.put(`${token}+http-01`, 'T.answer')
-  const res = await app.inject({ url: `/.well-known/acme-challenge/${token}` })
+  await store.put(`${token}+http-01`, JSON.stringify({ domain: 'p.example.test', keyAuthorization: 'T.answer' }))
+  const url = `/.well-known/acme-challenge/${token}`
+  const res = await app.inject({ url, headers: { host: 'p.example.test' } })
   t.equal(res.statusCode, 200)
   t.equal(res.body, 'T.answer')
-  t.equal((await app.inject({ method: 'POST', url: `/.well-known/acme-challenge/${token}` })).statusCode, 404)
-  t.equal((await app.inject({ url: '/.well-known/acme-challenge/short' })).statusCode, 404)
+  t.equal((await app.inject({ method: 'POST', url, headers: { host: 'p.example.test' } })).statusCode, 404, 'GET and HEAD only')
+  t.equal((await app.inject({ url: '/.well-known/acme-challenge/short', headers: { host: 'p.example.test' } })).statusCode, 404)
 })

@@ -1,3 +1,4 @@
+import { normalizeName } from '../names'
 import type { CertStore } from '../store/store'
 
 // ACME tokens carry at least 128 bits of entropy as base64url (RFC 8555 8.3).
@@ -6,6 +7,12 @@ const TOKEN = /^[A-Za-z0-9_-]{22,128}$/
 /** Store key of an HTTP-01 answer, as Go autocert names it. */
 export const http01Key = (token: string): string => `${token}+http-01`
 
+interface Pending {
+  /** The name the token was issued for: it answers for that Host only. */
+  domain: string
+  keyAuthorization: string
+}
+
 /**
  * HTTP-01 key authorizations. They are written to the store before the CA is
  * asked to validate, so whichever instance the CA's request lands on can answer.
@@ -13,15 +20,16 @@ export const http01Key = (token: string): string => `${token}+http-01`
 export class Http01Challenges {
   readonly #store: CertStore
   // Answers this instance published: served without a store round trip.
-  readonly #local = new Map<string, string>()
+  readonly #local = new Map<string, Pending>()
 
   constructor (store: CertStore) {
     this.#store = store
   }
 
-  async publish (token: string, keyAuthorization: string): Promise<void> {
-    this.#local.set(token, keyAuthorization)
-    await this.#store.put(http01Key(token), keyAuthorization)
+  async publish (token: string, domain: string, keyAuthorization: string): Promise<void> {
+    const pending: Pending = { domain, keyAuthorization }
+    this.#local.set(token, pending)
+    await this.#store.put(http01Key(token), JSON.stringify(pending))
   }
 
   async withdraw (token: string): Promise<void> {
@@ -29,12 +37,27 @@ export class Http01Challenges {
     await this.#store.delete(http01Key(token))
   }
 
-  /** The key authorization for `token`, or undefined. Malformed tokens never reach the store. */
-  async answer (token: string): Promise<string | undefined> {
-    if (!TOKEN.test(token)) return undefined
-    const local = this.#local.get(token)
-    if (local !== undefined) return local
-    const stored = await this.#store.get(http01Key(token))
-    return stored?.toString('utf8')
+  /**
+   * The key authorization for `token` requested with the Host header `host`,
+   * or undefined. Malformed tokens and hosts never reach the store; a token
+   * answers only for the name it was issued for (certmagic's rule).
+   */
+  async answer (token: string, host: string | undefined): Promise<string | undefined> {
+    const domain = normalizeName((host ?? '').replace(/:\d{1,5}$/, ''))
+    if (!TOKEN.test(token) || domain === undefined) return undefined
+    const pending = this.#local.get(token) ?? parse(await this.#store.get(http01Key(token)))
+    return pending?.domain === domain ? pending.keyAuthorization : undefined
+  }
+}
+
+function parse (data: Buffer | undefined): Pending | undefined {
+  if (data === undefined) return undefined
+  try {
+    const pending = JSON.parse(data.toString('utf8')) as Partial<Pending>
+    return typeof pending.domain === 'string' && typeof pending.keyAuthorization === 'string'
+      ? { domain: pending.domain, keyAuthorization: pending.keyAuthorization }
+      : undefined
+  } catch {
+    return undefined
   }
 }

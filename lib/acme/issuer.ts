@@ -54,7 +54,7 @@ export class Issuer {
     if (challenge === undefined) throw new Error(`the CA offers no http-01 challenge for ${authz.identifier.value}`)
     const keyAuthorization = await client.getChallengeKeyAuthorization(challenge)
     const { challenges } = this.#opts
-    await challenges.publish(challenge.token, keyAuthorization)
+    await challenges.publish(challenge.token, authz.identifier.value, keyAuthorization)
     try {
       signal.throwIfAborted()
       await client.completeChallenge(challenge)
@@ -79,32 +79,47 @@ export class Issuer {
     return this.#client
   }
 
+  /*
+   * The usual path is one request: the key is in the store and the CA knows it.
+   * Otherwise, under the cluster lock, the key is created (or found new to this
+   * CA, e.g. another directory URL) and registered before the lock is released,
+   * so no instance ever looks up an account that is still being created.
+   */
   async #register (signal: AbortSignal): Promise<acme.Client> {
-    const { store, directoryUrl, email, externalAccountBinding } = this.#opts
-    let accountKey = await store.get(ACCOUNT_KEY)
-    let known = accountKey !== undefined
-    if (accountKey === undefined) {
-      const lock = await store.lock(ACCOUNT_KEY, signal)
-      try {
-        accountKey = await store.get(ACCOUNT_KEY)
-        known = accountKey !== undefined
-        if (accountKey === undefined) {
-          accountKey = await acme.crypto.createPrivateEcdsaKey('P-256')
-          lock.signal.throwIfAborted()
-          await store.put(ACCOUNT_KEY, accountKey)
-        }
-      } finally {
-        await lock.release()
-      }
+    const { store } = this.#opts
+    const stored = await store.get(ACCOUNT_KEY)
+    if (stored !== undefined) {
+      const client = this.#newClient(stored)
+      if (await this.#lookUp(client)) return client
     }
-    const client = new acme.Client({ directoryUrl, accountKey, externalAccountBinding, ...POLLING })
-    const account = { termsOfServiceAgreed: true, ...(email === undefined ? {} : { contact: [`mailto:${email}`] }) }
-    // Another instance registered this key already: look the account up. A plain
-    // newAccount would turn into an update that CAs refuse when nothing changes.
-    // The key may still be new to this CA (another directory URL): then register it.
-    if (!known || !(await client.createAccount({ onlyReturnExisting: true }).then(() => true, () => false))) {
-      await client.createAccount(account)
+    const lock = await store.lock(ACCOUNT_KEY, signal)
+    try {
+      let accountKey = await store.get(ACCOUNT_KEY)
+      const created = accountKey === undefined
+      accountKey ??= await acme.crypto.createPrivateEcdsaKey('P-256')
+      const client = this.#newClient(accountKey)
+      if (created || !(await this.#lookUp(client))) await client.createAccount(this.#newAccount())
+      lock.signal.throwIfAborted()
+      if (created) await store.put(ACCOUNT_KEY, accountKey)
+      return client
+    } finally {
+      await lock.release()
     }
-    return client
+  }
+
+  #newClient (accountKey: Buffer): acme.Client {
+    const { directoryUrl, externalAccountBinding } = this.#opts
+    return new acme.Client({ directoryUrl, accountKey, externalAccountBinding, ...POLLING })
+  }
+
+  // A plain newAccount for a known key turns into an account update, which CAs
+  // refuse when nothing changes: look the account up instead.
+  #lookUp (client: acme.Client): Promise<boolean> {
+    return client.createAccount({ onlyReturnExisting: true }).then(() => true, () => false)
+  }
+
+  #newAccount (): { termsOfServiceAgreed: true, contact?: string[] } {
+    const { email } = this.#opts
+    return { termsOfServiceAgreed: true, ...(email === undefined ? {} : { contact: [`mailto:${email}`] }) }
   }
 }

@@ -1,0 +1,90 @@
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
+import { FST_AUTOCERT_CORRUPT } from '../errors'
+import type { CertStore, Lock } from './store'
+
+/*
+ * Sealed value layout: MAGIC (4) | key id (4) | IV (12) | GCM tag (16) | ciphertext.
+ * The key id is the start of SHA-256(key), so the right key is found without
+ * trial decryption; the store key is the additional authenticated data, so a
+ * sealed value moved to another key (another domain's blob) fails to open.
+ */
+const MAGIC = Buffer.from('ACS1')
+const HEADER = MAGIC.length + 4 + 12 + 16
+
+export interface EncryptionOptions {
+  /** The key new values are sealed with: 32 bytes, as a Buffer or a base64 string. */
+  key: Buffer | string
+  /** Older keys values may still be sealed with (rotation): read, never written. */
+  previousKeys?: Array<Buffer | string>
+}
+
+/**
+ * Seals every value of another store with AES-256-GCM: certificate keys, the
+ * account key, challenge answers, failure records. Locks pass through. Values
+ * written before encryption was turned on are read as they are and sealed at
+ * their next write (a renewal), so it can be enabled on a live container.
+ * A value that fails to open is corrupt (FST_AUTOCERT_CORRUPT), never a crash.
+ */
+export class EncryptedStore implements CertStore {
+  readonly #inner: CertStore
+  readonly #current: { id: Buffer, key: Buffer }
+  readonly #keys: Map<string, Buffer>
+
+  constructor (inner: CertStore, options: EncryptionOptions) {
+    this.#inner = inner
+    const keys = [options.key, ...(options.previousKeys ?? [])].map(toKey)
+    this.#current = { id: keyId(keys[0]), key: keys[0] }
+    this.#keys = new Map(keys.map((k) => [keyId(k).toString('hex'), k]))
+  }
+
+  async get (key: string): Promise<Buffer | undefined> {
+    const value = await this.#inner.get(key)
+    if (value === undefined || !value.subarray(0, MAGIC.length).equals(MAGIC)) return value
+    const secret = this.#keys.get(value.subarray(4, 8).toString('hex'))
+    if (secret === undefined || value.length < HEADER) throw new FST_AUTOCERT_CORRUPT(key, 'sealed with a key that is not configured')
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', secret, value.subarray(8, 20))
+      decipher.setAAD(Buffer.from(key))
+      decipher.setAuthTag(value.subarray(20, HEADER))
+      return Buffer.concat([decipher.update(value.subarray(HEADER)), decipher.final()])
+    } catch {
+      throw new FST_AUTOCERT_CORRUPT(key, 'it does not decrypt (tampered with, or moved from another key)')
+    }
+  }
+
+  async put (key: string, value: Buffer | string): Promise<void> {
+    const iv = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', this.#current.key, iv)
+    cipher.setAAD(Buffer.from(key))
+    const sealed = Buffer.concat([cipher.update(Buffer.from(value)), cipher.final()])
+    await this.#inner.put(key, Buffer.concat([MAGIC, this.#current.id, iv, cipher.getAuthTag(), sealed]))
+  }
+
+  delete (key: string): Promise<void> {
+    return this.#inner.delete(key)
+  }
+
+  list (prefix?: string): Promise<string[]> {
+    return this.#inner.list(prefix)
+  }
+
+  lock (key: string, signal?: AbortSignal): Promise<Lock> {
+    return this.#inner.lock(key, signal)
+  }
+
+  async close (): Promise<void> {
+    await this.#inner.close?.()
+  }
+}
+
+function toKey (value: Buffer | string): Buffer {
+  const key = typeof value === 'string' ? Buffer.from(value, 'base64') : value
+  if (!Buffer.isBuffer(key) || key.length !== 32) {
+    throw new TypeError('an encryption key must be 32 bytes: a Buffer, or a base64 string such as `openssl rand -base64 32` prints')
+  }
+  return key
+}
+
+function keyId (key: Buffer): Buffer {
+  return createHash('sha256').update(key).digest().subarray(0, 4)
+}
