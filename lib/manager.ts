@@ -2,7 +2,7 @@ import type { SecureContext } from 'node:tls'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOSED, FST_AUTOCERT_LOCK_LOST, FST_AUTOCERT_NAME_NOT_ALLOWED,
-  FST_AUTOCERT_RATE_LIMITED
+  FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED
 } from './errors'
 import { normalizeName } from './names'
 import { renewalTime, retryDelay } from './renewal'
@@ -255,7 +255,7 @@ export class CertificateManager {
       } catch (err) {
         if (closing.aborted) throw closing.reason
         await this.#recordFailure(domain, err, lock.signal)
-        throw err
+        throw Object.assign(new FST_AUTOCERT_ORDER_FAILED(name, errorMessage(err)), { cause: err })
       }
       // Served from now on, whatever happens to the write.
       this.#adopt(domain, issued)
