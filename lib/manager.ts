@@ -161,16 +161,18 @@ export class CertificateManager {
     })
   }
 
-  /** Stops timers and aborts orders in flight (their locks are released). */
+  /**
+   * Stops timers and ends orders in flight: they stop waiting for the CA and
+   * release their locks. Store reads still in flight finish on their own.
+   */
   async close (): Promise<void> {
     this.#closing.abort(new FST_AUTOCERT_CLOSED())
-    const pending: Array<Promise<unknown>> = []
+    const ordering: Array<Promise<unknown>> = []
     for (const domain of this.#domains.values()) {
       clearTimeout(domain.timer)
-      if (domain.ordering !== undefined) pending.push(domain.ordering)
-      if (domain.loading !== undefined) pending.push(domain.loading)
+      if (domain.ordering !== undefined) ordering.push(domain.ordering)
     }
-    await Promise.allSettled(pending)
+    await Promise.allSettled(ordering)
   }
 
   #allowed (servername: string): Domain {
