@@ -6,6 +6,7 @@ import {
 } from './errors'
 import { normalizeName } from './names'
 import { renewalTime, retryDelay } from './renewal'
+import { untilAborted } from './signals'
 import type { CertStore } from './store/store'
 
 /** The subset of a pino / Fastify logger the manager writes to. */
@@ -427,15 +428,6 @@ function parseOrderLog (data: Buffer | undefined): number[] {
 
 function isCorrupt (err: unknown): boolean {
   return (err as { code?: unknown }).code === 'FST_AUTOCERT_CORRUPT'
-}
-
-/** Settles with `promise`, or rejects with the signal's reason as soon as it aborts. */
-function untilAborted<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }
 
 function parseFailure (data: Buffer | undefined): FailureRecord | undefined {

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import { setTimeout as delay } from 'node:timers/promises'
 import {
   AnonymousCredential,
   BlobServiceClient,
@@ -10,7 +9,8 @@ import {
   type StorageRetryOptions,
   newPipeline
 } from '@azure/storage-blob'
-import type { CertStore, Lock } from './store'
+import { linkSignals, sleep, untilAborted } from '../signals'
+import { checkKey, type CertStore, type Lock } from './store'
 
 /**
  * `@azure/core-auth`'s `TokenCredential` (what `@azure/identity` credentials
@@ -402,13 +402,6 @@ function invalid (message: string): TypeError {
   return Object.assign(new TypeError(`AzureBlobStore: ${message}`), { code: INVALID_OPTIONS })
 }
 
-// Same rule as FileStore, so that a key works with every built-in store.
-function checkKey (key: string): string {
-  if (typeof key !== 'string' || key === '' || key.startsWith('.') || /[/\\\0]|\.\./.test(key)) {
-    throw new TypeError(`invalid store key ${JSON.stringify(key)}: keys are plain names without '/', '\\', '..', NUL or a leading '.'`)
-  }
-  return key
-}
 
 function isStorageError (err: unknown, statusCode: number, code?: string): boolean {
   return err instanceof RestError && err.statusCode === statusCode && (code === undefined || err.code === code)
@@ -430,42 +423,4 @@ function sanitize (err: unknown): unknown {
 // ever quotes a URL or a connection string.
 function redact (text: string): string {
   return text.replace(/\b(sig|AccountKey|SharedAccessSignature)=[^&;\s'"]*/gi, '$1=REDACTED')
-}
-
-interface LinkedSignal {
-  signal: AbortSignal
-  dispose: () => void
-}
-
-// An AbortSignal that aborts with the first of `a` and `b`, neither aborted yet;
-// dispose() removes the listeners (AbortSignal.any keeps them on the long-lived one).
-function linkSignals (a: AbortSignal | undefined, b: AbortSignal): LinkedSignal {
-  if (a === undefined) return { signal: b, dispose: () => {} }
-  const controller = new AbortController()
-  const onA = (): void => controller.abort(a.reason)
-  const onB = (): void => controller.abort(b.reason)
-  a.addEventListener('abort', onA, { once: true })
-  b.addEventListener('abort', onB, { once: true })
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      a.removeEventListener('abort', onA)
-      b.removeEventListener('abort', onB)
-    }
-  }
-}
-
-// Resolves with `promise` unless `signal` (not aborted yet) aborts first: then
-// rejects with its reason.
-function untilAborted<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
-}
-
-// Waits `ms` without holding the process open; rejects with the signal's reason on abort.
-function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  return delay(ms, undefined, { signal, ref: false }).catch(() => { throw signal.reason })
 }

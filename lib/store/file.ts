@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
 import path from 'node:path'
-import { setTimeout as delay } from 'node:timers/promises'
-import type { CertStore, Lock } from './store'
+import { linkSignals, sleep } from '../signals'
+import { checkKey, type CertStore, type Lock } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
 const STALE_MS = 10_000
@@ -220,43 +220,7 @@ function isStale (stats: { mtimeMs: number }): boolean {
   return Date.now() - stats.mtimeMs > STALE_MS
 }
 
-// Keys are plain names (host names, base64url tokens, fixed suffixes): anything
-// that could leave the directory or name one of the store's own files is refused.
-function checkKey (key: string): string {
-  if (typeof key !== 'string' || key === '' || key.startsWith('.') || /[/\\\0]|\.\./.test(key)) {
-    throw new TypeError(`invalid store key ${JSON.stringify(key)}: keys are plain names without '/', '\\', '..', NUL or a leading '.'`)
-  }
-  return key
-}
 
 function isCode (err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
-}
-
-interface LinkedSignal {
-  signal: AbortSignal
-  dispose: () => void
-}
-
-// An AbortSignal that aborts with the first of `a` and `b`, neither aborted yet;
-// dispose() removes the listeners (AbortSignal.any keeps them on the long-lived one).
-function linkSignals (a: AbortSignal | undefined, b: AbortSignal): LinkedSignal {
-  if (a === undefined) return { signal: b, dispose: () => {} }
-  const controller = new AbortController()
-  const onA = (): void => controller.abort(a.reason)
-  const onB = (): void => controller.abort(b.reason)
-  a.addEventListener('abort', onA, { once: true })
-  b.addEventListener('abort', onB, { once: true })
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      a.removeEventListener('abort', onA)
-      b.removeEventListener('abort', onB)
-    }
-  }
-}
-
-// Waits `ms` without holding the process open; rejects with the signal's reason on abort.
-function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  return delay(ms, undefined, { signal, ref: false }).catch(() => { throw signal.reason })
 }

@@ -1,4 +1,5 @@
-import type { CertStore, Lock } from './store'
+import { untilAborted } from '../signals'
+import { checkKey, type CertStore, type Lock } from './store'
 
 /**
  * A store in process memory: for tests and single-process experiments. It keeps
@@ -10,16 +11,16 @@ export class MemoryStore implements CertStore {
   readonly #locks = new Map<string, Promise<void>>()
 
   async get (key: string): Promise<Buffer | undefined> {
-    const value = this.#data.get(key)
+    const value = this.#data.get(checkKey(key))
     return value === undefined ? undefined : Buffer.from(value)
   }
 
   async put (key: string, value: Buffer | string): Promise<void> {
-    this.#data.set(key, Buffer.from(value))
+    this.#data.set(checkKey(key), Buffer.from(value))
   }
 
   async delete (key: string): Promise<void> {
-    this.#data.delete(key)
+    this.#data.delete(checkKey(key))
   }
 
   async list (prefix = ''): Promise<string[]> {
@@ -38,7 +39,7 @@ export class MemoryStore implements CertStore {
     const abandon = (): void => release()
     signal?.addEventListener('abort', abandon, { once: true })
     try {
-      await abortable(previous, signal)
+      await untilAborted(previous, signal)
     } finally {
       signal?.removeEventListener('abort', abandon)
     }
@@ -53,13 +54,4 @@ export class MemoryStore implements CertStore {
       }
     }
   }
-}
-
-function abortable (promise: Promise<void>, signal?: AbortSignal): Promise<void> {
-  if (signal === undefined) return promise
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }

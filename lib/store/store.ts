@@ -37,6 +37,17 @@ export interface Lock {
   release (): Promise<void>
 }
 
+/**
+ * The key rule of the built-in stores, so a key that works with one works with
+ * all: non-empty, no '/', '\\', NUL or '..', no leading '.' (the stores' own files).
+ */
+export function checkKey (key: string): string {
+  if (typeof key !== 'string' || key === '' || key.startsWith('.') || /[/\\\0]|\.\./.test(key)) {
+    throw new TypeError(`invalid store key ${JSON.stringify(key)}: keys are plain names without '/', '\\', '..', NUL or a leading '.'`)
+  }
+  return key
+}
+
 const METHODS = ['get', 'put', 'delete', 'list', 'lock'] as const
 
 /** True when `value` implements the store contract (used to validate options). */
