@@ -310,10 +310,14 @@ export class CertificateManager {
       const now = Date.now()
       const recent = parseOrderLog(await store.get(ORDER_LOG)).filter((at) => at > now - HOUR)
       if (recent.length >= maxOrdersPerHour) {
+        // Not the domain's failure (no failure record): it waits for the next free slot.
         const retryAt = recent[0] + HOUR
+        const err = new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
+        this.#fail(domain, err)
         domain.retryAt = retryAt
         this.#schedule(domain, retryAt)
-        throw new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
+        this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
+        throw err
       }
       lock.signal.throwIfAborted()
       await store.put(ORDER_LOG, JSON.stringify([...recent, now]))

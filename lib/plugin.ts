@@ -140,11 +140,12 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
     status: () => manager.status()
   })
 
-  fastify.route<{ Params: { token: string } }>({
+  // A wildcard, not `:token`: Fastify caps a parameter at 100 characters (maxParamLength), tokens may have 128.
+  fastify.route<{ Params: { '*': string } }>({
     method: ['GET', 'HEAD'],
-    url: `${CHALLENGE_PATH}:token`,
+    url: `${CHALLENGE_PATH}*`,
     handler: async (request, reply) => {
-      const answer = await answerChallenge(challenges, request.params.token, request.host, fastify)
+      const answer = await answerChallenge(challenges, request.params['*'], request.host, fastify)
       return reply.code(answer.status).type('text/plain').send(answer.body)
     }
   })
@@ -180,7 +181,8 @@ async function listenHttp01 (where: { port: number, host?: string }, challenges:
     const url = req.url ?? '/'
     const isRead = req.method === 'GET' || req.method === 'HEAD'
     if (isRead && url.startsWith(CHALLENGE_PATH)) {
-      const answer = await answerChallenge(challenges, url.slice(CHALLENGE_PATH.length), req.headers.host, fastify)
+      const token = url.slice(CHALLENGE_PATH.length).split(/[?#]/, 1)[0]
+      const answer = await answerChallenge(challenges, token, req.headers.host, fastify)
       res.writeHead(answer.status, { 'content-type': 'text/plain' }).end(answer.body)
       return
     }
