@@ -286,13 +286,16 @@ export class CertificateManager {
     const cert = domain.cert as Certificate
     const lock = await this.#opts.store.lock(domain.name, this.#closing.signal)
     try {
-      const stored = await this.#read(domain)
-      if (stored === cert) {
+      // #read adopts the stored certificate if it is newer than ours.
+      await this.#read(domain)
+      const ours = domain.cert === cert
+      if (ours) {
         lock.signal.throwIfAborted()
         await this.#opts.store.put(domain.name, encodeBundle(cert))
+        this.#schedule(domain, domain.renewAt as number)
       }
       domain.unsaved = false
-      this.#opts.log.info(certFields(domain.cert as Certificate), stored === cert ? 'certificate stored' : 'adopted a newer stored certificate')
+      this.#opts.log.info(certFields(domain.cert as Certificate), ours ? 'certificate stored' : 'adopted a newer stored certificate')
     } finally {
       await lock.release()
     }
