@@ -73,6 +73,8 @@ interface Domain {
   /** An unusable or expired stored certificate was logged already (once is enough). */
   reported?: boolean
   timer?: NodeJS.Timeout
+  /** When `timer` fires. */
+  nextAt?: number
   loading?: Promise<Certificate | undefined>
   ordering?: Promise<Certificate>
 }
@@ -138,7 +140,7 @@ export class CertificateManager {
       domain: d.name,
       serial: d.cert?.serial,
       notAfter: date(d.cert?.notAfter),
-      renewAt: date(d.renewAt),
+      renewAt: date(d.nextAt ?? d.renewAt),
       lastError: d.lastError && { message: d.lastError.message, at: new Date(d.lastError.at) },
       retryAfter: d.retryAt !== undefined && d.retryAt > Date.now() ? new Date(d.retryAt) : undefined
     }))
@@ -373,10 +375,12 @@ export class CertificateManager {
   #schedule (domain: Domain, at: number): void {
     clearTimeout(domain.timer)
     if (this.#closing.signal.aborted) return
+    domain.nextAt = at
     const wait = Math.max(0, at - Date.now())
     domain.timer = setTimeout(() => {
       if (wait > MAX_TIMER) return this.#schedule(domain, at)
       domain.timer = undefined
+      domain.nextAt = undefined
       void this.#background(domain, domain.unsaved === true ? this.#persist(domain) : this.#order(domain, false))
     }, Math.min(wait, MAX_TIMER)).unref()
   }
@@ -389,8 +393,12 @@ export class CertificateManager {
   async #background (domain: Domain, work: Promise<unknown>): Promise<void> {
     try {
       await work
-    } catch {
-      if (domain.timer === undefined) this.#schedule(domain, Date.now() + retryDelay(1, this.#opts.retryDelays))
+    } catch (err) {
+      if (domain.timer !== undefined || this.#closing.signal.aborted) return
+      const retryAt = Date.now() + retryDelay(1, this.#opts.retryDelays)
+      this.#fail(domain, err)
+      this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate work failed; will retry')
+      this.#schedule(domain, retryAt)
     }
   }
 

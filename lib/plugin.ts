@@ -5,7 +5,7 @@ import * as acme from 'acme-client'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { Http01Challenges } from './acme/challenges'
-import { Issuer, type KeyType } from './acme/issuer'
+import { ACCOUNT_KEY, Issuer, type KeyType } from './acme/issuer'
 import type { Certificate } from './certificate'
 import {
   FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
@@ -152,6 +152,12 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
 
   let companion: Server | undefined
   fastify.addHook('onReady', async () => {
+    // The account key is written once: after a key rotation it must be sealed anew.
+    if (store instanceof EncryptedStore) {
+      await store.reseal(ACCOUNT_KEY).catch((err: unknown) => {
+        fastify.log.warn({ error: { message: (err as Error).message } }, 'could not re-seal the account key')
+      })
+    }
     await manager.prewarm()
     if (opts.http01 !== undefined) companion = await listenHttp01(opts.http01, challenges, fastify)
   })
@@ -258,6 +264,9 @@ function validate (options: AutocertOptions): ResolvedOptions {
     throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
   }
   if (encryption !== undefined) {
+    if (encryption?.previousKeys !== undefined && !Array.isArray(encryption.previousKeys)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('encryption.previousKeys', 'must be an array of the keys used before, newest first')
+    }
     for (const [i, key] of [encryption?.key, ...(encryption?.previousKeys ?? [])].entries()) {
       const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key
       if (!Buffer.isBuffer(bytes) || bytes.length !== 32) {

@@ -10,9 +10,23 @@ import { handshake } from './helpers/tls'
 // Three OS processes, one Azurite container, one Pebble: the fleet this plugin exists for.
 
 let started = 0
+/**
+ * Starts the instances, the one answering on Pebble's validation port first:
+ * the others order as soon as they listen, and the CA's validation request
+ * must find a listener. The rest start together. On failure, their warnings
+ * and errors are printed.
+ */
 async function fleet (t: Test, pebble: Pebble, options: Array<Partial<InstanceOptions>>, base: Omit<InstanceOptions, 'name'>): Promise<Instance[]> {
-  const instances = await Promise.all(options.map((o) => startInstance(pebble, { ...base, name: `i${++started}`, ...o })))
-  t.teardown(() => Promise.all(instances.map((i) => i.stop())))
+  const names = options.map(() => `i${++started}`)
+  const start = (i: number): Promise<Instance> => startInstance(pebble, { ...base, name: names[i], ...options[i] })
+  const responder = options.findIndex((o) => o.httpPort !== undefined)
+  const first = responder === -1 ? undefined : await start(responder)
+  const rest = await Promise.all(options.map((_, i) => i === responder ? undefined : start(i)))
+  const instances = rest.map((instance) => instance ?? first as Instance)
+  t.teardown(async () => {
+    if (!t.passing()) for (const i of instances) for (const l of i.logs) if ((l.level as number) >= 40) t.comment(`${i.name}: ${JSON.stringify(l)}`)
+    await Promise.all(instances.map((i) => i.stop()))
+  })
   return instances
 }
 

@@ -57,11 +57,12 @@ t.test('a fleet renews once: one renewal order, every instance serves the new se
   t.teardown(() => pebble.stop())
   const root = await pebble.root()
   const base = { connectionString: azurite.connectionString, container: 'fleet-renewal', domains: ['fr.example.test'] }
-  const fleet = await Promise.all([
-    startInstance(pebble, { ...base, name: 'r1', httpPort }),
+  // The instance answering Pebble's validation first: the others order as soon as they listen.
+  const responder = await startInstance(pebble, { ...base, name: 'r1', httpPort })
+  const fleet = [responder, ...await Promise.all([
     startInstance(pebble, { ...base, name: 'r2' }),
     startInstance(pebble, { ...base, name: 'r3' })
-  ])
+  ])]
   t.teardown(() => Promise.all(fleet.map((i) => i.stop())))
   const serve = (): Promise<string[]> => Promise.all(fleet.map(async (i) => (await handshake(i.port, 'fr.example.test', root)).serial))
 

@@ -1,4 +1,6 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
+import { sleep } from '../signals'
 import type { CertStore } from '../store/store'
 import type { Http01Challenges } from './challenges'
 
@@ -16,14 +18,33 @@ export interface IssuerOptions {
 /** Store key of the ACME account key, shared by the fleet (Go autocert's name). */
 export const ACCOUNT_KEY = 'acme_account+key'
 
+
 /*
- * Polling of authorizations and orders: acme-client waits 5 s before its first
- * poll by default, which alone makes every issuance cost 5 s. Start at 100 ms
- * and double up to 2 s: about 60 s of patience in all, while a fast CA answers
- * within a few polls. 429 and 503 answers are retried by acme-client itself,
- * honouring Retry-After.
+ * acme-client has no request timeout and cannot be cancelled: a CA that accepts
+ * connections and never answers would hold an order (and its cluster lock) for
+ * ever, and an order abandoned at close would go on polling. Every request made
+ * on behalf of an order runs with that order's signal in async context; a guard
+ * on acme-client's axios instance gives those requests a timeout and refuses new
+ * ones once the signal has aborted (an error without `config`, which acme-client
+ * does not retry). Requests acme-client makes for anyone else are left alone.
  */
-const POLLING = { backoffMin: 100, backoffMax: 2000, backoffAttempts: 35 }
+const REQUEST_TIMEOUT = 30_000
+/** The longest one order may take, validation and polling included. */
+const ORDER_DEADLINE = 5 * 60_000
+const ordering = new AsyncLocalStorage<AbortSignal>()
+let guarded = false
+
+function installRequestGuard (): void {
+  if (guarded) return
+  guarded = true
+  acme.axios.interceptors.request.use((config) => {
+    const signal = ordering.getStore()
+    if (signal === undefined) return config
+    signal.throwIfAborted()
+    config.timeout ||= REQUEST_TIMEOUT
+    return config
+  })
+}
 
 /** One issuance with acme-client: account, order, HTTP-01, finalize. */
 export class Issuer {
@@ -35,32 +56,48 @@ export class Issuer {
   }
 
   /** Orders a certificate for `name`; resolves with its PEM key and chain. */
-  async issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
-    const client = await this.#account(signal)
-    const [key, csr] = await acme.crypto.createCsr({ commonName: name, altNames: [name] }, await this.#newKey())
-    signal.throwIfAborted()
-    let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
-    const authorizations = await client.getAuthorizations(order)
-    await Promise.all(authorizations.map((authz) => this.#authorize(client, authz, signal)))
-    signal.throwIfAborted()
-    order = await client.finalizeOrder(order, csr)
-    const chain = await client.getCertificate(order)
-    return { key: key.toString(), chain }
+  issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+    installRequestGuard()
+    const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
+    return ordering.run(bounded, () => this.#issue(name, bounded))
   }
 
-  async #authorize (client: acme.Client, authz: acme.Authorization, signal: AbortSignal): Promise<void> {
-    if (authz.status === 'valid') return
-    const challenge = authz.challenges.find((c) => c.type === 'http-01')
-    if (challenge === undefined) throw new Error(`the CA offers no http-01 challenge for ${authz.identifier.value}`)
-    const keyAuthorization = await client.getChallengeKeyAuthorization(challenge)
+  async #issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+    const client = await this.#account(signal)
+    const [key, csr] = await acme.crypto.createCsr({ commonName: name, altNames: [name] }, await this.#newKey())
+    let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
+    const pending = (await client.getAuthorizations(order)).filter((authz) => authz.status !== 'valid')
     const { challenges } = this.#opts
-    await challenges.publish(challenge.token, authz.identifier.value, keyAuthorization)
+    const tokens: string[] = []
     try {
-      signal.throwIfAborted()
-      await client.completeChallenge(challenge)
-      await client.waitForValidStatus(challenge)
+      for (const authz of pending) {
+        const challenge = authz.challenges.find((c) => c.type === 'http-01')
+        if (challenge === undefined) throw new Error(`the CA offers no http-01 challenge for ${authz.identifier.value}`)
+        // In the store before the CA is told: its request may reach any instance.
+        await challenges.publish(challenge.token, authz.identifier.value, await client.getChallengeKeyAuthorization(challenge))
+        tokens.push(challenge.token)
+        signal.throwIfAborted()
+        await client.completeChallenge(challenge)
+      }
+      order = await this.#until(client, order, 'ready', signal)
     } finally {
-      await challenges.withdraw(challenge.token).catch(() => {})
+      await Promise.all(tokens.map((token) => challenges.withdraw(token).catch(() => {})))
+    }
+    order = await this.#until(client, await client.finalizeOrder(order, csr), 'valid', signal)
+    return { key: key.toString(), chain: await client.getCertificate(order) }
+  }
+
+  /**
+   * Polls the order until it reaches `status` (or a later one): 100 ms, then
+   * doubling to 2 s. acme-client's own polling starts at 5 s and cannot be
+   * cancelled; this one stops as soon as `signal` aborts.
+   */
+  async #until (client: acme.Client, order: acme.Order, status: 'ready' | 'valid', signal: AbortSignal): Promise<acme.Order> {
+    for (let attempt = 0; ; attempt++) {
+      if (order.status === 'valid' || order.status === status) return order
+      if (order.status === 'invalid') throw new Error(await problem(client, order))
+      await sleep(Math.min(100 * 2 ** attempt, 2000), signal)
+      order = await client.getOrder(order)
     }
   }
 
@@ -109,7 +146,7 @@ export class Issuer {
 
   #newClient (accountKey: Buffer): acme.Client {
     const { directoryUrl, externalAccountBinding } = this.#opts
-    return new acme.Client({ directoryUrl, accountKey, externalAccountBinding, ...POLLING })
+    return new acme.Client({ directoryUrl, accountKey, externalAccountBinding })
   }
 
   // A plain newAccount for a known key turns into an account update, which CAs
@@ -122,4 +159,15 @@ export class Issuer {
     const { email } = this.#opts
     return { termsOfServiceAgreed: true, ...(email === undefined ? {} : { contact: [`mailto:${email}`] }) }
   }
+}
+
+/** Why the CA refused an order: the first failed challenge's problem detail. */
+async function problem (client: acme.Client, order: acme.Order): Promise<string> {
+  const authorizations = await client.getAuthorizations(order).catch(() => [])
+  for (const authz of authorizations) {
+    // RFC 8555 problem documents; acme-client types them as plain objects.
+    const error = authz.challenges.find((c) => c.error !== undefined)?.error as { type?: string, detail?: string } | undefined
+    if (error !== undefined) return `${authz.identifier.value}: ${error.detail ?? error.type ?? 'validation failed'}`
+  }
+  return 'the CA marked the order invalid'
 }

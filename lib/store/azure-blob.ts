@@ -241,6 +241,9 @@ export class AzureBlobStore implements CertStore {
         if (deadline.signal.aborted) {
           throw Object.assign(new Error(`Azure Blob Storage did not answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })
         }
+        // The container went away (deleted, or an emulator restarted): create it
+        // again at the next call. Until then this is an error, never a miss.
+        if (isStorageError(err, 404, 'ContainerNotFound')) this.#ready = undefined
         throw sanitize(err)
       })
       .finally(() => {

@@ -52,6 +52,27 @@ export class EncryptedStore implements CertStore {
     }
   }
 
+  /**
+   * Seals `key` again with the current key when it is stored in plain text or
+   * under a previous key, under the key's lock. Values the plugin rewrites anyway
+   * (certificates, at renewal) need not be resealed; the account key is never
+   * rewritten, so the plugin reseals it at start-up. Returns whether it wrote.
+   */
+  async reseal (key: string): Promise<boolean> {
+    const raw = await this.#inner.get(key)
+    if (raw === undefined || raw.subarray(0, 8).equals(Buffer.concat([MAGIC, this.#current.id]))) return false
+    const lock = await this.#inner.lock(key)
+    try {
+      const value = await this.get(key)
+      if (value === undefined) return false
+      lock.signal.throwIfAborted()
+      await this.put(key, value)
+      return true
+    } finally {
+      await lock.release()
+    }
+  }
+
   async put (key: string, value: Buffer | string): Promise<void> {
     const iv = randomBytes(12)
     const cipher = createCipheriv('aes-256-gcm', this.#current.key, iv)
