@@ -73,8 +73,12 @@ interface Domain {
   /** An unusable or expired stored certificate was logged already (once is enough). */
   reported?: boolean
   timer?: NodeJS.Timeout
-  /** When `timer` fires. */
+  /** When `timer` fires (or will be armed for, before start()). */
   nextAt?: number
+  /** When a handshake in backoff last looked at the store (at most once per BACKOFF_RECHECK). */
+  checkedAt?: number
+  /** The last failed store read, repeated to callers for READ_ERROR_TTL. */
+  readError?: { err: unknown, at: number }
   loading?: Promise<Certificate | undefined>
   ordering?: Promise<Certificate>
 }
@@ -86,6 +90,8 @@ const HOUR = 3_600_000
 // setTimeout fires at once past 2^31-1 ms (24.8 days): longer waits are taken in steps.
 const MAX_TIMER = 2 ** 31 - 1
 const REFUSAL_LOG_INTERVAL = 10_000
+const READ_ERROR_TTL = 1000
+const BACKOFF_RECHECK = 10_000
 
 /**
  * The framework-free core: name -> memory -> store -> lock -> order -> store -> memory.
@@ -97,6 +103,7 @@ export class CertificateManager {
   readonly #domains = new Map<string, Domain>()
   readonly #closing = new AbortController()
   #refused = { count: 0, since: 0 }
+  #started = false
 
   constructor (opts: ManagerOptions) {
     this.#opts = opts
@@ -159,6 +166,10 @@ export class CertificateManager {
    * Call it once the server listens: the CA's validation request needs it.
    */
   start (): void {
+    this.#started = true
+    for (const domain of this.#domains.values()) {
+      if (domain.nextAt !== undefined && domain.timer === undefined) this.#schedule(domain, domain.nextAt)
+    }
     void this.#eachDomain(async (domain) => {
       if (!live(domain.cert)) await this.#background(domain, this.#certificate(domain))
     })
@@ -189,7 +200,18 @@ export class CertificateManager {
 
   /** A live certificate: memory, then store, then a new order. */
   async #certificate (domain: Domain): Promise<Certificate> {
-    const cert = live(domain.cert) ? domain.cert : await this.#load(domain)
+    if (live(domain.cert)) return domain.cert
+    // In backoff (or waiting for the order budget): refuse from memory. The store
+    // is still looked at now and then, since another instance may have succeeded.
+    const now = Date.now()
+    if (domain.retryAt !== undefined && domain.retryAt > now) {
+      if (now - (domain.checkedAt ?? 0) < BACKOFF_RECHECK) throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(domain.retryAt).toISOString())
+      domain.checkedAt = now
+      const stored = await this.#load(domain)
+      if (stored !== undefined) return stored
+      throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(domain.retryAt).toISOString())
+    }
+    const cert = await this.#load(domain)
     if (cert !== undefined && live(cert)) return cert
     return this.#order(domain, false)
   }
@@ -202,6 +224,8 @@ export class CertificateManager {
 
   async #read (domain: Domain): Promise<Certificate | undefined> {
     const { store, log } = this.#opts
+    // A read that just failed is not repeated for every handshake that follows.
+    if (domain.readError !== undefined && Date.now() - domain.readError.at < READ_ERROR_TTL) throw domain.readError.err
     let cert: Certificate
     try {
       const data = await store.get(domain.name)
@@ -216,15 +240,17 @@ export class CertificateManager {
       }
       // An unreachable store is an error, never a miss: no order on an outage.
       this.#fail(domain, err)
+      domain.readError = { err, at: Date.now() }
       log.error({ domain: domain.name, error: errorFields(err) }, 'certificate store read failed')
       throw err
     }
+    domain.readError = undefined
     if (!live(cert)) {
       if (!domain.reported) log.info({ ...certFields(cert), blob: domain.name }, 'stored certificate has expired')
       domain.reported = true
       return undefined
     }
-    if (domain.cert === undefined || cert.notAfter > domain.cert.notAfter) this.#adopt(domain, cert)
+    if (domain.cert === undefined || newer(cert, domain.cert)) this.#adopt(domain, cert)
     return domain.cert
   }
 
@@ -248,7 +274,11 @@ export class CertificateManager {
     try {
       // Another instance may have obtained it while we waited for the lock.
       const stored = await this.#read(domain)
-      if (stored !== undefined && (force ? stored !== had : !due(domain))) return stored
+      if (stored !== undefined && (force ? stored !== had : !due(domain))) {
+        // A retry timer may have replaced the renewal timer: arm it again.
+        if (domain.timer === undefined) this.#schedule(domain, domain.renewAt as number)
+        return stored
+      }
       if (!force) await this.#checkBackoff(domain)
       await this.#takeOrderSlot(domain)
 
@@ -267,6 +297,7 @@ export class CertificateManager {
       log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
       if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
       await store.put(name, encodeBundle(issued))
+      domain.unsaved = false
       await store.delete(failureKey(name)).catch(() => {})
       return issued
     } catch (err) {
@@ -313,7 +344,7 @@ export class CertificateManager {
     const lock = await store.lock(ORDER_LOG, this.#closing.signal)
     try {
       const now = Date.now()
-      const recent = parseOrderLog(await store.get(ORDER_LOG)).filter((at) => at > now - HOUR)
+      const recent = parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR)
       if (recent.length >= maxOrdersPerHour) {
         // Not the domain's failure (no failure record): it waits for the next free slot.
         const retryAt = recent[0] + HOUR
@@ -333,8 +364,7 @@ export class CertificateManager {
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
   async #checkBackoff (domain: Domain): Promise<void> {
-    const data = await this.#opts.store.get(failureKey(domain.name))
-    const record = parseFailure(data)
+    const record = parseFailure(await readRecord(this.#opts.store, failureKey(domain.name)))
     if (record !== undefined && record.retryAt > Date.now()) {
       domain.retryAt = record.retryAt
       domain.lastError = { message: record.error, at: record.at }
@@ -374,8 +404,10 @@ export class CertificateManager {
   /** One timer per domain: at `at`, renew (or retry) through the same path as a handshake. */
   #schedule (domain: Domain, at: number): void {
     clearTimeout(domain.timer)
-    if (this.#closing.signal.aborted) return
+    domain.timer = undefined
     domain.nextAt = at
+    // Before start() (the server listens) timers are only noted: a CA validation would find no listener.
+    if (this.#closing.signal.aborted || !this.#started) return
     const wait = Math.max(0, at - Date.now())
     domain.timer = setTimeout(() => {
       if (wait > MAX_TIMER) return this.#schedule(domain, at)
@@ -430,6 +462,21 @@ function due (domain: Domain): boolean {
 
 function date (ms: number | undefined): Date | undefined {
   return ms === undefined ? undefined : new Date(ms)
+}
+
+/** Issuance order: a certificate issued later wins, whatever its lifetime. */
+function newer (a: Certificate, b: Certificate): boolean {
+  return a.notBefore > b.notBefore || (a.notBefore === b.notBefore && a.serial > b.serial)
+}
+
+/** Reads a record the plugin rewrites as a whole: unreadable (corrupt) data counts as none. */
+async function readRecord (store: CertStore, key: string): Promise<Buffer | undefined> {
+  try {
+    return await store.get(key)
+  } catch (err) {
+    if (isCorrupt(err)) return undefined
+    throw err
+  }
 }
 
 function parseOrderLog (data: Buffer | undefined): number[] {

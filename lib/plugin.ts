@@ -94,13 +94,17 @@ const OPTION_KEYS = new Set([
 
 // Which manager serves a TLS server: SNICallback finds it through the socket.
 const managers = new WeakMap<object, CertificateManager>()
+// Fastify listening on 'localhost' adds a second server (::1 next to 127.0.0.1)
+// that the plugin never sees: with one manager in the process, it serves there too.
+const registered = new Set<CertificateManager>()
 
 /**
  * Pass to Fastify's `https` options: `Fastify({ https: { SNICallback } })`.
  * It finds the plugin registered on that server, so it closes over nothing.
  */
 export function SNICallback (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
-  const manager = managers.get((this as { server?: object }).server ?? {})
+  const manager = managers.get((this as { server?: object }).server ?? {}) ??
+    (registered.size === 1 ? registered.values().next().value : undefined)
   if (manager === undefined) {
     const err = new FST_AUTOCERT_NOT_REGISTERED()
     process.emitWarning(err.message, { code: err.code })
@@ -113,6 +117,8 @@ export function SNICallback (this: TLSSocket, servername: string, cb: (err: Erro
 const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) => {
   const opts = validate(options)
   const store = opts.encryption === undefined ? opts.store : new EncryptedStore(opts.store, opts.encryption)
+  // Any well-formed host is looked up, listed here or not: instances of a fleet
+  // may list different names, and the CA's request may reach any of them.
   const challenges = new Http01Challenges(store)
   const issuer = new Issuer({
     directoryUrl: opts.directoryUrl,
@@ -133,6 +139,7 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
     maxOrdersPerHour: opts.maxOrdersPerHour
   })
   managers.set(fastify.server, manager)
+  registered.add(manager)
 
   fastify.decorate<Autocert>('autocert', {
     certificate: async (domain) => info(await manager.certificate(domain)),
@@ -165,8 +172,14 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
   fastify.addHook('onListen', async () => { manager.start() })
   fastify.addHook('onClose', async () => {
     managers.delete(fastify.server)
+    registered.delete(manager)
     await manager.close()
-    if (companion !== undefined) await new Promise((resolve) => companion?.close(resolve))
+    if (companion !== undefined) {
+      const closed = new Promise((resolve) => companion?.close(resolve))
+      // A client holding a connection open must not hold the app's close.
+      companion.closeAllConnections()
+      await closed
+    }
     if (opts.ownsStore) await opts.store.close?.()
   })
 }

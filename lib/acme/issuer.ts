@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
-import { sleep } from '../signals'
+import { sleep, untilAborted } from '../signals'
 import type { CertStore } from '../store/store'
 import type { Http01Challenges } from './challenges'
 
@@ -108,12 +108,20 @@ export class Issuer {
   }
 
   /** The fleet's account: its key is created once, under the cluster lock, and shared through the store. */
+  /**
+   * The account, registered once per process and shared by every order. The
+   * registration has its own deadline and request context: an order that gives
+   * up waiting for it does not fail the orders that share it.
+   */
   #account (signal: AbortSignal): Promise<acme.Client> {
-    this.#client ??= this.#register(signal).catch((err: unknown) => {
-      this.#client = undefined
-      throw err
-    })
-    return this.#client
+    if (this.#client === undefined) {
+      const own = AbortSignal.timeout(ORDER_DEADLINE)
+      this.#client = ordering.run(own, () => this.#register(own)).catch((err: unknown) => {
+        this.#client = undefined
+        throw err
+      })
+    }
+    return untilAborted(this.#client, signal)
   }
 
   /*
