@@ -5,10 +5,8 @@ import { BlobServiceClient, ContainerSASPermissions } from '@azure/storage-blob'
 import t from 'tap'
 import { AzureBlobStore, CHALLENGE_PATH, MemoryStore, type AzureBlobStoreOptions, type CertStore } from '../lib'
 import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
-import { startAzurite } from './helpers/azurite'
 import { sendClientHello, type HelloAnswer } from './helpers/client-hello'
-import { startPebble, trustPebble } from './helpers/pebble'
-import { freePort } from './helpers/ports'
+import { startServices } from './helpers/services'
 import { handshake } from './helpers/tls'
 
 /*
@@ -108,13 +106,7 @@ const get = (port: number, path: string, host = A, method = 'GET'): Promise<Repl
   rawHttp(port, `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)
 
 t.test('hostile clients: SNI names, a refusal flood, the challenge route', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
-  const root = await pebble.root()
+  const { azurite, pebble, httpPort, root } = await startServices(t)
   const inner = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'hostile' })
   const store = spyStore(inner)
   // Listed in Unicode: the plugin keeps it as punycode.
@@ -455,13 +447,7 @@ t.test('hostile clients: SNI names, a refusal flood, the challenge route', async
 })
 
 t.test('the fleet-wide order budget', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
-  const root = await pebble.root()
+  const { azurite, pebble, httpPort, root } = await startServices(t)
   const newStore = (): AzureBlobStore => new AzureBlobStore({ connectionString: azurite.connectionString, container: 'budget' })
   const domains = ['b1.example.test', 'b2.example.test', 'b3.example.test']
   const first = await startApp(pebble, httpPort, newStore(), { domains, maxOrdersPerHour: 2 })
@@ -516,12 +502,7 @@ t.test('the fleet-wide order budget', async (t) => {
 })
 
 t.test('no secret in any log line or error of a whole lifecycle, with a connection string and with a SAS URL', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
+  const { azurite, pebble, httpPort } = await startServices(t)
   const service = BlobServiceClient.fromConnectionString(azurite.connectionString)
   const sasContainer = service.getContainerClient('secrets-sas')
   // A container SAS cannot create its container: it exists already, as in production.

@@ -5,21 +5,14 @@ import Fastify from 'fastify'
 import t from 'tap'
 import autocert, { AzureBlobStore, MemoryStore } from '../lib'
 import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
-import { startAzurite } from './helpers/azurite'
-import { startPebble, trustPebble } from './helpers/pebble'
+import { startServices } from './helpers/services'
 import { freePort } from './helpers/ports'
 import { handshake } from './helpers/tls'
 
 const CONTAINER = 'plugin-test'
 
 t.test('the plugin on real Pebble and real Azurite', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
-  const root = await pebble.root()
+  const { azurite, pebble, httpPort, root } = await startServices(t)
   const container = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(CONTAINER)
   const newStore = (): AzureBlobStore => new AzureBlobStore({ connectionString: azurite.connectionString, container: CONTAINER })
   const domains = ['a.example.test', 'b.example.test']

@@ -3,7 +3,8 @@ import { AzureBlobStore } from '../lib'
 import { startApp } from './helpers/app'
 import { startInstance } from './helpers/instance'
 import { startAzurite } from './helpers/azurite'
-import { startPebble, trustPebble } from './helpers/pebble'
+import { startPebble } from './helpers/pebble'
+import { startServices } from './helpers/services'
 import { freePort } from './helpers/ports'
 import { handshake } from './helpers/tls'
 
@@ -12,13 +13,7 @@ import { handshake } from './helpers/tls'
 const VALIDITY = 24
 
 t.test('a short-lived certificate is renewed and the new one served, with every handshake succeeding', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort, validityPeriod: VALIDITY })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
-  const root = await pebble.root()
+  const { azurite, pebble, httpPort, root } = await startServices(t, { validityPeriod: VALIDITY })
   const store = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'renewal-test' })
   const { app, port, logs } = await startApp(pebble, httpPort, store, { domains: ['r.example.test'] })
   t.teardown(() => app.close())

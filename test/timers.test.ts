@@ -2,8 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import autocert, { AzureBlobStore, SNICallback } from '../lib'
 import { eventually, startApp } from './helpers/app'
-import { startAzurite } from './helpers/azurite'
-import { startPebble, trustPebble } from './helpers/pebble'
+import { startServices } from './helpers/services'
 import { freePort } from './helpers/ports'
 
 // Certificates that live 10 s: due for renewal 5 s after issuance (half the lifetime at most).
@@ -11,12 +10,7 @@ const VALIDITY = 10
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 t.test('renewal timers', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort, validityPeriod: VALIDITY })
-  t.teardown(() => pebble.stop())
-  trustPebble(pebble)
+  const { azurite, pebble, httpPort } = await startServices(t, { validityPeriod: VALIDITY })
   const store = (): AzureBlobStore => new AzureBlobStore({ connectionString: azurite.connectionString, container: 'timers' })
 
   await t.test('a due certificate loaded before the server listens is not renewed until it listens', async (t) => {
