@@ -97,17 +97,20 @@ const managers = new WeakMap<object, CertificateManager>()
 // Fastify listening on 'localhost' adds a second server (::1 next to 127.0.0.1)
 // that the plugin never sees: with one manager in the process, it serves there too.
 const registered = new Set<CertificateManager>()
+const warned = new WeakSet<object>()
 
 /**
  * Pass to Fastify's `https` options: `Fastify({ https: { SNICallback } })`.
  * It finds the plugin registered on that server, so it closes over nothing.
  */
 export function SNICallback (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
-  const manager = managers.get((this as { server?: object }).server ?? {}) ??
-    (registered.size === 1 ? registered.values().next().value : undefined)
+  const server = (this as { server?: object }).server ?? {}
+  const manager = managers.get(server) ?? (registered.size === 1 ? registered.values().next().value : undefined)
   if (manager === undefined) {
     const err = new FST_AUTOCERT_NOT_REGISTERED()
-    process.emitWarning(err.message, { code: err.code })
+    // Once per server: every handshake fails the same way.
+    if (!warned.has(server)) process.emitWarning(err.message, { code: err.code })
+    warned.add(server)
     cb(err)
     return
   }
