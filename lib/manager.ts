@@ -20,6 +20,8 @@ export interface Logger {
 /** Orders one certificate; the manager decides when and holds the lock. */
 export interface CertificateSource {
   issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }>
+  /** Starts whatever issue() will need first (the account), without waiting. */
+  prepare? (): void
 }
 
 export interface ManagerOptions {
@@ -269,17 +271,22 @@ export class CertificateManager {
       throw new FST_AUTOCERT_BACKOFF(name, new Date(domain.retryAt).toISOString())
     }
     const had = domain.cert
+    // The account lookup (CA round trips) overlaps the wait for the lock.
+    issuer.prepare?.()
     const lock = await store.lock(name, closing)
     let issued: Certificate | undefined
     try {
-      // Another instance may have obtained it while we waited for the lock.
-      const stored = await this.#read(domain)
+      // Another instance may have obtained it while we waited for the lock, or failed.
+      const [stored, failure] = await Promise.all([
+        this.#read(domain),
+        force ? undefined : readRecord(store, failureKey(name))
+      ])
       if (stored !== undefined && (force ? stored !== had : !due(domain))) {
         // A retry timer may have replaced the renewal timer: arm it again.
         if (domain.timer === undefined) this.#schedule(domain, domain.renewAt as number)
         return stored
       }
-      if (!force) await this.#checkBackoff(domain)
+      if (!force) this.#checkBackoff(domain, parseFailure(failure))
       await this.#takeOrderSlot(domain)
 
       log.info({ domain: name }, 'ordering certificate')
@@ -363,8 +370,7 @@ export class CertificateManager {
   }
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
-  async #checkBackoff (domain: Domain): Promise<void> {
-    const record = parseFailure(await readRecord(this.#opts.store, failureKey(domain.name)))
+  #checkBackoff (domain: Domain, record: FailureRecord | undefined): void {
     if (record !== undefined && record.retryAt > Date.now()) {
       domain.retryAt = record.retryAt
       domain.lastError = { message: record.error, at: record.at }

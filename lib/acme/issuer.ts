@@ -55,6 +55,11 @@ export class Issuer {
     this.#opts = opts
   }
 
+  /** Looks the account up (or registers it) in the background; issue() then finds it ready. */
+  prepare (): void {
+    this.#account(new AbortController().signal).catch(() => {})
+  }
+
   /** Orders a certificate for `name`; resolves with its PEM key and chain. */
   issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
     installRequestGuard()
