@@ -1,4 +1,4 @@
-import { X509Certificate, createPrivateKey } from 'node:crypto'
+import { X509Certificate } from 'node:crypto'
 import { createSecureContext, type SecureContext } from 'node:tls'
 import { FST_AUTOCERT_CORRUPT } from './errors'
 
@@ -28,9 +28,12 @@ export function encodeBundle (cert: Pick<Certificate, 'key' | 'chain'>): string 
 }
 
 /**
- * Parses and checks a stored bundle for `name`: exactly one private key that
- * matches the leaf, and a leaf valid for `name`. Expiry is left to the caller.
- * Throws FST_AUTOCERT_CORRUPT (naming the key, never quoting its content).
+ * Parses and checks a stored bundle for `name`: exactly one private key and a
+ * leaf valid for `name`. Expiry is left to the caller, and so is the match of
+ * key and leaf: parsing the key is most of a start-up's CPU, and OpenSSL checks
+ * the match anyway when toSecureContext() builds the context, before the first
+ * handshake that would serve it. Throws FST_AUTOCERT_CORRUPT (naming the key,
+ * never quoting its content).
  */
 export function decodeBundle (name: string, storeKey: string, data: Buffer | string): Certificate {
   const text = data.toString('utf8')
@@ -49,13 +52,6 @@ export function decodeBundle (name: string, storeKey: string, data: Buffer | str
   } catch {
     throw new FST_AUTOCERT_CORRUPT(storeKey, 'the certificate does not parse')
   }
-  let matches: boolean
-  try {
-    matches = leaf.checkPrivateKey(createPrivateKey(key))
-  } catch {
-    throw new FST_AUTOCERT_CORRUPT(storeKey, 'the private key does not parse')
-  }
-  if (!matches) throw new FST_AUTOCERT_CORRUPT(storeKey, 'the private key does not match the certificate')
   if (leaf.checkHost(name, { wildcards: false }) === undefined) {
     throw new FST_AUTOCERT_CORRUPT(storeKey, `the certificate is not valid for ${name}`)
   }
@@ -69,6 +65,11 @@ export function decodeBundle (name: string, storeKey: string, data: Buffer | str
   }
 }
 
+/** The TLS context serving `cert`. Throws FST_AUTOCERT_CORRUPT when its key does not parse or match. */
 export function toSecureContext (cert: Certificate): SecureContext {
-  return createSecureContext({ key: cert.key, cert: cert.chain })
+  try {
+    return createSecureContext({ key: cert.key, cert: cert.chain })
+  } catch {
+    throw new FST_AUTOCERT_CORRUPT(cert.name, 'the private key does not match the certificate')
+  }
 }

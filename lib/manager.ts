@@ -74,6 +74,8 @@ interface Domain {
   unsaved?: boolean
   /** An unusable or expired stored certificate was logged already (once is enough). */
   reported?: boolean
+  /** Serial of a stored certificate whose key did not match it: not adopted again. */
+  rejected?: string
   timer?: NodeJS.Timeout
   /** When `timer` fires (or will be armed for, before start()). */
   nextAt?: number
@@ -129,7 +131,16 @@ export class CertificateManager {
     const domain = this.#allowed(servername)
     const cert = await this.#certificate(domain)
     if (domain.context === undefined || domain.cert !== cert) {
-      domain.context = toSecureContext(cert)
+      try {
+        domain.context = toSecureContext(cert)
+      } catch (err) {
+        // A stored bundle whose key does not match: never served; a fresh order replaces it.
+        this.#opts.log.warn({ domain: domain.name, blob: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
+        domain.reported = true
+        domain.rejected = cert.serial
+        domain.cert = undefined
+        domain.context = toSecureContext(await this.#order(domain, false))
+      }
     }
     return domain.context
   }
@@ -247,6 +258,7 @@ export class CertificateManager {
       throw err
     }
     domain.readError = undefined
+    if (cert.serial === domain.rejected) return undefined
     if (!live(cert)) {
       if (!domain.reported) log.info({ ...certFields(cert), blob: domain.name }, 'stored certificate has expired')
       domain.reported = true
