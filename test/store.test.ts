@@ -60,6 +60,20 @@ interface Backend {
 }
 
 // One contract, three backends: everything the plugin relies on.
+/** Timers created by the stores' code and still alive, by async id (their creation stack as value). */
+function storeTimers (t: tap.Test): Map<number, string> {
+  const timers = new Map<number, string>()
+  const hook = createHook({
+    init (id, type) {
+      const stack = new Error().stack ?? ''
+      if (type === 'Timeout' && stack.includes(`${path.sep}lib${path.sep}store${path.sep}`)) timers.set(id, stack)
+    },
+    destroy (id) { timers.delete(id) }
+  }).enable()
+  t.teardown(() => { hook.disable() })
+  return timers
+}
+
 function conformance (parent: tap.Test, name: string, make: (t: tap.Test) => Promise<Backend>, validatesKeys: boolean): void {
   parent.test(name, async (t) => {
     t.test('implements the contract', async (t) => {
@@ -451,16 +465,7 @@ t.test('AzureBlobStore specifics', async (t) => {
   })
 
   t.test('close() releases held locks, ends waits and leaves no timer', async (t) => {
-    // Timers created by the store's code, still alive.
-    const timers = new Map<number, string>()
-    const hook = createHook({
-      init (id, type) {
-        const stack = new Error().stack ?? ''
-        if (type === 'Timeout' && stack.includes(`${path.sep}lib${path.sep}store${path.sep}`)) timers.set(id, stack)
-      },
-      destroy (id) { timers.delete(id) }
-    }).enable()
-    t.teardown(() => { hook.disable() })
+    const timers = storeTimers(t)
     const options = { connectionString: azurite.connectionString, container: freshContainer() }
     const store = new AzureBlobStore(options)
     const other = new AzureBlobStore(options)
@@ -782,15 +787,7 @@ t.test('FileStore specifics', async (t) => {
   })
 
   t.test('close() releases held locks, ends waits and leaves no timer', async (t) => {
-    const timers = new Map<number, string>()
-    const hook = createHook({
-      init (id, type) {
-        const stack = new Error().stack ?? ''
-        if (type === 'Timeout' && stack.includes(`${path.sep}lib${path.sep}store${path.sep}`)) timers.set(id, stack)
-      },
-      destroy (id) { timers.delete(id) }
-    }).enable()
-    t.teardown(() => { hook.disable() })
+    const timers = storeTimers(t)
     const dir = await tmp(t)
     const store = new FileStore(dir)
     const lock = await store.lock('a.example.com')

@@ -5,11 +5,11 @@ import {
   ContainerClient,
   RestError,
   StorageSharedKeyCredential,
-  type BlobLeaseClient,
   type StorageRetryOptions,
   newPipeline
 } from '@azure/storage-blob'
 import { linkSignals, sleep, untilAborted } from '../signals'
+import { HeldLock } from './held-lock'
 import { checkKey, type CertStore, type Lock } from './store'
 
 /**
@@ -104,7 +104,7 @@ export class AzureBlobStore implements CertStore {
   readonly #prefix: string
   readonly #leaseSeconds: number
   readonly #timeoutMs: number
-  readonly #held = new Set<HeldLease>()
+  readonly #held = new Set<HeldLock>()
   // Aborted by close(): ends lock() waits that are still going on.
   readonly #closing = new AbortController()
   #ready: Promise<void> | undefined
@@ -198,7 +198,17 @@ export class AzureBlobStore implements CertStore {
     } finally {
       wait.dispose()
     }
-    const held = new HeldLease(key, lease, this.#leaseSeconds, (fn, timeoutMs) => this.#call(fn, undefined, timeoutMs), () => this.#held.delete(held))
+    const intervalMs = this.#leaseSeconds * 1000 / 3
+    const held: HeldLock = new HeldLock({
+      key,
+      intervalMs,
+      // Each renewal must end before the next tick, so the lease (3 ticks long) is
+      // either renewed or known lost well before it lapses.
+      refresh: async () => { await this.#call((abortSignal) => lease.renewLease({ abortSignal }), undefined, intervalMs - 100) },
+      free: async () => { await this.#call((abortSignal) => lease.releaseLease({ abortSignal })) },
+      lost: 'its lease could not be renewed, another instance may hold it now',
+      forget: () => this.#held.delete(held)
+    })
     this.#held.add(held)
     return held
   }
@@ -250,53 +260,6 @@ export class AzureBlobStore implements CertStore {
         clearTimeout(timer)
         linked.dispose()
       })
-  }
-}
-
-type Call = <T>(fn: (signal: AbortSignal) => Promise<T>, timeoutMs?: number) => Promise<T>
-
-class HeldLease implements Lock {
-  readonly #controller = new AbortController()
-  readonly signal = this.#controller.signal
-  readonly #lease: BlobLeaseClient
-  readonly #call: Call
-  readonly #forget: () => void
-  readonly #timer: NodeJS.Timeout
-  // The latest renewal: release() waits for it.
-  #renewing: Promise<void> | undefined
-  #released: Promise<void> | undefined
-
-  constructor (key: string, lease: BlobLeaseClient, leaseSeconds: number, call: Call, forget: () => void) {
-    this.#lease = lease
-    this.#call = call
-    this.#forget = forget
-    const intervalMs = leaseSeconds * 1000 / 3
-    // Each renewal must end before the next tick, so the lease (3 ticks long) is
-    // either renewed or known lost well before it lapses.
-    this.#timer = setInterval(() => {
-      this.#renewing = this.#call((abortSignal) => lease.renewLease({ abortSignal }), intervalMs - 100)
-        .then(() => {}, (err: unknown) => {
-          clearInterval(this.#timer)
-          this.#controller.abort(new Error(`lock "${key}" lost: its lease could not be renewed, another instance may hold it now`, { cause: err }))
-        })
-    }, intervalMs)
-    this.#timer.unref()
-  }
-
-  release (): Promise<void> {
-    this.#released ??= (async () => {
-      clearInterval(this.#timer)
-      this.#forget()
-      // A renewal in flight must not reach the service after the release.
-      await this.#renewing
-      await this.#call((abortSignal) => this.#lease.releaseLease({ abortSignal })).catch(() => {})
-    })()
-    return this.#released
-  }
-
-  drop (reason: Error): Promise<void> {
-    this.#controller.abort(reason)
-    return this.release()
   }
 }
 

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
 import path from 'node:path'
 import { linkSignals, sleep } from '../signals'
+import { HeldLock } from './held-lock'
 import { checkKey, type CertStore, type Lock } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
@@ -24,7 +25,7 @@ const RETRY_JITTER_MS = 400
  */
 export class FileStore implements CertStore {
   readonly #dir: string
-  readonly #held = new Set<HeldFile>()
+  readonly #held = new Set<HeldLock>()
   // Aborted by close(): ends lock() waits that are still going on.
   readonly #closing = new AbortController()
   #ready: Promise<void> | undefined
@@ -103,7 +104,14 @@ export class FileStore implements CertStore {
     } finally {
       wait.dispose()
     }
-    const held = new HeldFile(key, file, owner, () => this.#held.delete(held))
+    const held: HeldLock = new HeldLock({
+      key,
+      intervalMs: REFRESH_MS,
+      refresh: () => touchIfOwned(file, owner),
+      free: () => removeIfOwned(file, owner),
+      lost: 'the lock file was removed or taken over by another process',
+      forget: () => this.#held.delete(held)
+    })
     this.#held.add(held)
     return held
   }
@@ -165,51 +173,10 @@ export class FileStore implements CertStore {
   }
 }
 
-class HeldFile implements Lock {
-  readonly #controller = new AbortController()
-  readonly signal = this.#controller.signal
-  readonly #file: string
-  readonly #owner: string
-  readonly #forget: () => void
-  readonly #timer: NodeJS.Timeout
-  // The latest refresh: release() waits for it.
-  #refreshing: Promise<void> | undefined
-  #released: Promise<void> | undefined
-
-  constructor (key: string, file: string, owner: string, forget: () => void) {
-    this.#file = file
-    this.#owner = owner
-    this.#forget = forget
-    this.#timer = setInterval(() => {
-      this.#refreshing = this.#refresh()
-        .then(() => {}, (err: unknown) => {
-          clearInterval(this.#timer)
-          this.#controller.abort(new Error(`lock "${key}": the lock file was removed or taken over by another process`, { cause: err }))
-        })
-    }, REFRESH_MS)
-    this.#timer.unref()
-  }
-
-  release (): Promise<void> {
-    this.#released ??= (async () => {
-      clearInterval(this.#timer)
-      this.#forget()
-      await this.#refreshing
-      await removeIfOwned(this.#file, this.#owner).catch(() => {})
-    })()
-    return this.#released
-  }
-
-  drop (reason: Error): Promise<void> {
-    this.#controller.abort(reason)
-    return this.release()
-  }
-
-  async #refresh (): Promise<void> {
-    if (await readFile(this.#file, 'utf8') !== this.#owner) throw new Error('the lock file has another owner')
-    const now = new Date()
-    await utimes(this.#file, now, now)
-  }
+async function touchIfOwned (file: string, owner: string): Promise<void> {
+  if (await readFile(file, 'utf8') !== owner) throw new Error('the lock file has another owner')
+  const now = new Date()
+  await utimes(file, now, now)
 }
 
 async function removeIfOwned (file: string, owner: string): Promise<void> {
@@ -219,7 +186,6 @@ async function removeIfOwned (file: string, owner: string): Promise<void> {
 function isStale (stats: { mtimeMs: number }): boolean {
   return Date.now() - stats.mtimeMs > STALE_MS
 }
-
 
 function isCode (err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
