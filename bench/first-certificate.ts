@@ -33,7 +33,7 @@ export const firstCertificate: Figure = async (services, settings, notes) => {
   const { pebble, httpPort } = await services.pebble()
   const azurite = await services.azurite()
   const root = await pebble.root()
-  const rounds = settings.quick ? 1 : 5
+  const rounds = settings.quick ? 1 : 9
   let serial = 0
   const domain = (what: string): string => `${what}-${++serial}.first.bench.test`
 

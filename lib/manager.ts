@@ -7,7 +7,7 @@ import {
 import { normalizeName } from './names'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
-import type { CertStore } from './store/store'
+import type { CertStore, Lock } from './store/store'
 
 /** The subset of a pino / Fastify logger the manager writes to. */
 export interface Logger {
@@ -287,6 +287,13 @@ export class CertificateManager {
     issuer.prepare?.()
     const lock = await store.lock(name, closing)
     let issued: Certificate | undefined
+    // A first certificate has a handshake waiting: the budget's lock is taken while
+    // the name's records are read, a few round trips less before the CA is asked
+    // (and a few store calls more when the records show no order is needed).
+    // Renewals wait in the background and open it only to order. Either way the
+    // name's lock is taken first, so the two locks cannot deadlock.
+    let budget = had === undefined ? this.#openOrderLog() : undefined
+    budget?.catch(() => {})
     try {
       // Another instance may have obtained it while we waited for the lock, or failed.
       const [stored, failure] = await Promise.all([
@@ -299,7 +306,8 @@ export class CertificateManager {
         return stored
       }
       if (!force) this.#checkBackoff(domain, parseFailure(failure))
-      await this.#takeOrderSlot(domain)
+      budget ??= this.#openOrderLog()
+      await this.#takeOrderSlot(domain, await budget)
 
       log.info({ domain: name }, 'ordering certificate')
       try {
@@ -329,7 +337,7 @@ export class CertificateManager {
       this.#schedule(domain, Date.now() + retryDelay(1, this.#opts.retryDelays))
       return issued
     } finally {
-      await lock.release()
+      await Promise.all([lock.release(), budget?.then((log) => log.lock.release(), () => {})])
     }
   }
 
@@ -354,31 +362,39 @@ export class CertificateManager {
   }
 
   /**
-   * The fleet-wide budget of new orders: a log of the last hour's orders in the
-   * store, under its own lock. Taken after the name's lock, so the locks are
-   * always taken in one order and cannot deadlock.
+   * The fleet-wide budget of new orders is a log of the last hour's orders in
+   * the store, under its own lock: opened (locked and read) here, and released
+   * by #orderLocked whether or not an order is placed.
    */
-  async #takeOrderSlot (domain: Domain): Promise<void> {
-    const { store, maxOrdersPerHour } = this.#opts
+  async #openOrderLog (): Promise<{ lock: Lock, recent: number[] }> {
+    const { store } = this.#opts
     const lock = await store.lock(ORDER_LOG, this.#closing.signal)
     try {
       const now = Date.now()
-      const recent = parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR)
-      if (recent.length >= maxOrdersPerHour) {
-        // Not the domain's failure (no failure record): it waits for the next free slot.
-        const retryAt = recent[0] + HOUR
-        const err = new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
-        this.#fail(domain, err)
-        domain.retryAt = retryAt
-        this.#schedule(domain, retryAt)
-        this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
-        throw err
-      }
-      lock.signal.throwIfAborted()
-      await store.put(ORDER_LOG, JSON.stringify([...recent, now]))
-    } finally {
+      return { lock, recent: parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR) }
+    } catch (err) {
       await lock.release()
+      throw err
     }
+  }
+
+  /** Counts this order in the budget, or postpones it when the hour's budget is spent. */
+  async #takeOrderSlot (domain: Domain, { lock, recent }: { lock: Lock, recent: number[] }): Promise<void> {
+    const { store, maxOrdersPerHour } = this.#opts
+    if (recent.length >= maxOrdersPerHour) {
+      // Not the domain's failure (no failure record): it waits for the next free slot.
+      const retryAt = recent[0] + HOUR
+      const err = new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
+      this.#fail(domain, err)
+      domain.retryAt = retryAt
+      this.#schedule(domain, retryAt)
+      this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
+      throw err
+    }
+    lock.signal.throwIfAborted()
+    await store.put(ORDER_LOG, JSON.stringify([...recent, Date.now()]))
+    // Free for the next order of the fleet before this one talks to the CA.
+    void lock.release()
   }
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
