@@ -1,0 +1,224 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { SecureContext, TLSSocket } from 'node:tls'
+import { Http01Challenges } from './acme/challenges'
+import { ACCOUNT_KEY, Issuer } from './acme/issuer'
+import type { Certificate } from './certificate'
+import { CertificateManager, type DomainStatus, type Logger } from './manager'
+import { normalizeName } from './names'
+import { validate, type AutocertOptions, type ResolvedOptions } from './options'
+import { EncryptedStore } from './store/encrypted'
+
+export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
+
+/** A certificate as the API shows it: the chain, never the private key. */
+export interface CertificateInfo {
+  domain: string
+  serial: string
+  notBefore: Date
+  notAfter: Date
+  /** PEM chain, leaf first. */
+  chain: string
+}
+
+/** What the Fastify decorator `fastify.autocert` offers; an AutocertServer offers it too. */
+export interface Autocert {
+  /** The certificate served for `domain`, obtaining it first if needed. */
+  certificate (domain: string): Promise<CertificateInfo>
+  /** Orders a new certificate for `domain` now and serves it from then on. */
+  renew (domain: string): Promise<CertificateInfo>
+  /** Per listed domain: serial, expiry, next renewal, last error. */
+  status (): DomainStatus[]
+}
+
+export type SNICallbackFn = (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
+
+/** Node's `(req, res)` handler, or Express middleware when given `next`. */
+export type ChallengeMiddleware = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void) => void
+
+/**
+ * The whole of fastify-autocert without Fastify, for `https.createServer` or
+ * an Express app; the Fastify plugin is a thin layer over it.
+ */
+export interface AutocertServer extends Autocert {
+  /** Pass to `https.createServer({ SNICallback })`: selects each connection's certificate. */
+  readonly SNICallback: SNICallbackFn
+  /**
+   * Answers `GET /.well-known/acme-challenge/<token>` and passes anything else
+   * to `next` (Express), or answers it 404 when there is no `next`.
+   */
+  readonly middleware: ChallengeMiddleware
+  /** Loads the listed domains' certificates from the store (never orders), and starts the `http01` listener. Call before listening. */
+  ready (): Promise<void>
+  /**
+   * Orders what is missing and arms renewals. Call once `server` listens: the
+   * CA's validation request must find it. `server` is the HTTPS server (its
+   * port is where the `http01` listener redirects).
+   */
+  start (server?: Server | { address (): AddressInfo | string | null }): void
+  /** Stops renewals, ends orders in flight, closes the `http01` listener and a store the options built. */
+  close (): Promise<void>
+}
+
+/**
+ * Builds the certificate manager of `options` (validated here: a bad option
+ * throws a coded TypeError). Nothing runs until ready() and start().
+ */
+export function createAutocert (options: AutocertOptions): AutocertServer {
+  return new AutocertCore(validate(options), options.logger ?? stderrLogger)
+}
+
+/** What both front ends share: one manager, its issuer and challenges, the `http01` listener. */
+export class AutocertCore implements AutocertServer {
+  readonly manager: CertificateManager
+  readonly challenges: Http01Challenges
+  readonly SNICallback: SNICallbackFn
+  readonly middleware: ChallengeMiddleware
+  readonly #opts: ResolvedOptions
+  readonly #log: Logger
+  readonly #store: ResolvedOptions['store']
+  #server: { address (): AddressInfo | string | null } | undefined
+  #companion: Server | undefined
+
+  constructor (opts: ResolvedOptions, log: Logger) {
+    this.#opts = opts
+    this.#log = log
+    this.#store = opts.encryption === undefined ? opts.store : new EncryptedStore(opts.store, opts.encryption)
+    // Any well-formed host is looked up, listed here or not: instances of a fleet
+    // may list different names, and the CA's request may reach any of them.
+    this.challenges = new Http01Challenges(this.#store)
+    const issuer = new Issuer({
+      directoryUrl: opts.directoryUrl,
+      email: opts.email,
+      keyType: opts.keyType,
+      externalAccountBinding: opts.externalAccountBinding,
+      store: this.#store,
+      challenges: this.challenges
+    })
+    this.manager = new CertificateManager({
+      domains: opts.domains,
+      store: this.#store,
+      issuer,
+      log,
+      renewBefore: opts.renewBefore,
+      retryDelays: opts.retryDelays,
+      concurrency: opts.concurrency,
+      maxOrdersPerHour: opts.maxOrdersPerHour
+    })
+    const { manager } = this
+    this.SNICallback = function (servername, cb) { manager.resolve(servername, cb) }
+    this.middleware = (req, res, next) => {
+      const token = challengeToken(req)
+      if (token !== undefined) void this.#answer(token, req.headers.host, res)
+      else if (next !== undefined) next()
+      else res.writeHead(404, { 'content-type': 'text/plain' }).end('Not Found')
+    }
+  }
+
+  async certificate (domain: string): Promise<CertificateInfo> {
+    return info(await this.manager.certificate(domain))
+  }
+
+  async renew (domain: string): Promise<CertificateInfo> {
+    return info(await this.manager.renew(domain))
+  }
+
+  status (): DomainStatus[] {
+    return this.manager.status()
+  }
+
+  async ready (): Promise<void> {
+    // The account key is written once: after a key rotation it must be sealed anew.
+    if (this.#store instanceof EncryptedStore) {
+      await this.#store.reseal(ACCOUNT_KEY).catch((err: unknown) => {
+        this.#log.warn({ error: { message: (err as Error).message } }, 'could not re-seal the account key')
+      })
+    }
+    await this.manager.prewarm()
+    if (this.#opts.http01 !== undefined && this.#companion === undefined) this.#companion = await this.#listenHttp01(this.#opts.http01)
+  }
+
+  start (server?: { address (): AddressInfo | string | null }): void {
+    this.#server = server
+    this.manager.start()
+  }
+
+  async close (): Promise<void> {
+    await this.manager.close()
+    const companion = this.#companion
+    if (companion !== undefined) {
+      const closed = new Promise((resolve) => companion.close(resolve))
+      // A client holding a connection open must not hold the app's close.
+      companion.closeAllConnections()
+      await closed
+    }
+    if (this.#opts.ownsStore) await this.#opts.store.close?.()
+  }
+
+  /** The answer to a challenge request: 200 with the key authorization, 404, or 503 when the store fails. */
+  async answerChallenge (token: string, host: string | undefined): Promise<{ status: number, body: string }> {
+    try {
+      const answer = await this.challenges.answer(token, host)
+      return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
+    } catch (err) {
+      this.#log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+      return { status: 503, body: 'Service Unavailable' }
+    }
+  }
+
+  async #answer (token: string, host: string | undefined, res: ServerResponse): Promise<void> {
+    const answer = await this.answerChallenge(token, host)
+    res.writeHead(answer.status, { 'content-type': 'text/plain; charset=utf-8' }).end(answer.body)
+  }
+
+  /** autocert's HTTPHandler(nil): challenges are answered, GET and HEAD go to https, the rest is refused. */
+  async #listenHttp01 (where: { port: number, host?: string }): Promise<Server> {
+    const server = createServer((req, res) => {
+      const token = challengeToken(req)
+      if (token !== undefined) {
+        void this.#answer(token, req.headers.host, res)
+        return
+      }
+      const host = normalizeName((req.headers.host ?? '').replace(/:\d+$/, ''))
+      if ((req.method !== 'GET' && req.method !== 'HEAD') || host === undefined) {
+        res.writeHead(400, { 'content-type': 'text/plain' }).end('Use HTTPS')
+        return
+      }
+      const address = this.#server?.address()
+      const port = typeof address === 'object' && address !== null ? address.port : undefined
+      const authority = port === undefined || port === 443 ? host : `${host}:${port}`
+      res.writeHead(302, { location: `https://${authority}${req.url ?? '/'}` }).end()
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(where.port, where.host, () => { server.off('error', reject); resolve() })
+    })
+    this.#log.info({ address: server.address() }, 'HTTP-01 listener started')
+    return server
+  }
+}
+
+/** The token of a challenge request (GET or HEAD under CHALLENGE_PATH), else undefined. */
+function challengeToken (req: IncomingMessage): string | undefined {
+  const url = req.url ?? '/'
+  if ((req.method !== 'GET' && req.method !== 'HEAD') || !url.startsWith(CHALLENGE_PATH)) return undefined
+  return url.slice(CHALLENGE_PATH.length).split(/[?#]/, 1)[0]
+}
+
+export function info (cert: Certificate): CertificateInfo {
+  return {
+    domain: cert.name,
+    serial: cert.serial,
+    notBefore: new Date(cert.notBefore),
+    notAfter: new Date(cert.notAfter),
+    chain: cert.chain
+  }
+}
+
+/** createAutocert()'s default: warnings and errors on stderr, one line each. */
+const stderrLogger: Logger = {
+  debug () {},
+  info () {},
+  warn (obj, msg) { process.stderr.write(`fastify-autocert WARN ${msg} ${JSON.stringify(obj)}\n`) },
+  error (obj, msg) { process.stderr.write(`fastify-autocert ERROR ${msg} ${JSON.stringify(obj)}\n`) }
+}

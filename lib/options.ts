@@ -1,0 +1,161 @@
+import * as acme from 'acme-client'
+import type { KeyType } from './acme/issuer'
+import {
+  FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
+  FST_AUTOCERT_INVALID_OPTION, FST_AUTOCERT_INVALID_STORE, FST_AUTOCERT_NO_DOMAINS, FST_AUTOCERT_TOS_NOT_AGREED
+} from './errors'
+import type { Logger } from './manager'
+import { normalizeName } from './names'
+import { AzureBlobStore, type AzureBlobStoreOptions } from './store/azure-blob'
+import type { EncryptionOptions } from './store/encrypted'
+import { isCertStore, type CertStore } from './store/store'
+
+/** Options of the Fastify plugin and of createAutocert(): checked once, at register time. */
+export interface AutocertOptions {
+  /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. */
+  domains: string[]
+  /**
+   * Where certificates, the account key, challenges, locks and failure records
+   * live, shared by the fleet: a store you built (you close it), or the options
+   * of an AzureBlobStore that the plugin builds and closes with the app.
+   */
+  store: CertStore | AzureBlobStoreOptions
+  /** Must be `true`: you accept the CA's terms of service. */
+  termsOfServiceAgreed: boolean
+  /** Contact address for the ACME account (expiry notices, CA announcements). Default: none. */
+  email?: string
+  /** `'production'` (Let's Encrypt, the default), `'staging'` (Let's Encrypt staging) or an https:// ACME directory URL. */
+  directoryUrl?: string
+  /** Key of each certificate: `'ecdsa'` (P-256, the default) or `'rsa'` (2048 bits). The account key is always P-256. */
+  keyType?: KeyType
+  /** Renew when this much validity remains (milliseconds). Default: a third of the lifetime, at most 30 days. */
+  renewBefore?: number
+  /** Waits after 1, 2, 3... consecutive failed orders (milliseconds; the last repeats). Default: 1 min, 10 min, 20 min, 30 min, 1 h, 2 h, 6 h. */
+  retryDelays?: number[]
+  /** How many domains are loaded from the store or ordered at once at start-up. Default: 8. */
+  concurrency?: number
+  /**
+   * New orders the whole fleet may place in any hour, counted in the store, so
+   * no client, bug or restart loop can exhaust the CA's limits (Let's Encrypt:
+   * 300 new orders per account per 3 hours). Default: 100.
+   */
+  maxOrdersPerHour?: number
+  /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */
+  encryption?: EncryptionOptions
+  /**
+   * For an HTTPS app: a companion plain-HTTP listener, started when the app is
+   * ready and closed with it, that answers HTTP-01 challenges and redirects
+   * everything else to https. The CA always validates on port 80. Default: none.
+   */
+  http01?: { port: number, host?: string }
+  /** External account binding, for CAs that require it (ZeroSSL, Google). */
+  externalAccountBinding?: { kid: string, hmacKey: string }
+  /**
+   * Where to log (a pino-compatible logger: debug, info, warn, error taking an
+   * object then a message). Default: the Fastify app's logger for the plugin;
+   * warnings and errors on stderr for createAutocert().
+   */
+  logger?: Logger
+}
+
+const OPTION_KEYS = new Set([
+  'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
+  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'externalAccountBinding', 'logger'
+])
+
+export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour'> {
+  store: CertStore
+  /** The plugin built the store, so it closes it. */
+  ownsStore: boolean
+  directoryUrl: string
+  keyType: KeyType
+  concurrency: number
+  maxOrdersPerHour: number
+}
+
+export function validate (options: AutocertOptions): ResolvedOptions {
+  const unknown = Object.keys(options ?? {}).filter((k) => !OPTION_KEYS.has(k))
+  if (unknown.length > 0) {
+    throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${[...OPTION_KEYS].join(', ')}`)
+  }
+  const { domains, termsOfServiceAgreed, email, renewBefore, retryDelays, http01, encryption } = options
+  if (!Array.isArray(domains) || domains.length === 0) throw new FST_AUTOCERT_NO_DOMAINS()
+  const names = domains.map((raw) => {
+    const name = typeof raw === 'string' ? normalizeName(raw) : undefined
+    if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
+    return name
+  })
+  if (termsOfServiceAgreed !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
+  if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
+    throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
+  }
+  const keyType = options.keyType ?? 'ecdsa'
+  if (keyType !== 'ecdsa' && keyType !== 'rsa') throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(keyType))
+  if (renewBefore !== undefined && !(Number.isFinite(renewBefore) && renewBefore > 0)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('renewBefore', 'must be a positive number of milliseconds')
+  }
+  if (retryDelays !== undefined && !(Array.isArray(retryDelays) && retryDelays.length > 0 &&
+      retryDelays.every((d) => Number.isFinite(d) && d >= 0))) {
+    throw new FST_AUTOCERT_INVALID_OPTION('retryDelays', 'must be a non-empty array of milliseconds, e.g. [60000, 600000]')
+  }
+  const concurrency = options.concurrency ?? 8
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new FST_AUTOCERT_INVALID_OPTION('concurrency', 'must be a positive integer')
+  }
+  const maxOrdersPerHour = options.maxOrdersPerHour ?? 100
+  if (!Number.isInteger(maxOrdersPerHour) || maxOrdersPerHour < 1) {
+    throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
+  }
+  if (encryption !== undefined) {
+    if (encryption?.previousKeys !== undefined && !Array.isArray(encryption.previousKeys)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('encryption.previousKeys', 'must be an array of the keys used before, newest first')
+    }
+    for (const [i, key] of [encryption?.key, ...(encryption?.previousKeys ?? [])].entries()) {
+      const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key
+      if (!Buffer.isBuffer(bytes) || bytes.length !== 32) {
+        throw new FST_AUTOCERT_INVALID_OPTION(i === 0 ? 'encryption.key' : `encryption.previousKeys[${i - 1}]`,
+          'must be 32 bytes: a Buffer, or a base64 string such as `openssl rand -base64 32` prints')
+      }
+    }
+  }
+  const { logger } = options
+  if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
+    throw new FST_AUTOCERT_INVALID_OPTION('logger', 'must be a pino-compatible logger with debug, info, warn and error methods')
+  }
+  const { store, ownsStore } = resolveStore(options.store)
+  if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
+  }
+  return {
+    ...options,
+    domains: [...new Set(names)],
+    store,
+    ownsStore,
+    keyType,
+    concurrency,
+    maxOrdersPerHour,
+    directoryUrl: directoryUrl(options.directoryUrl)
+  }
+}
+
+/** A store instance is used as it is; plain options build an AzureBlobStore (whose option errors carry their own code). */
+function resolveStore (value: unknown): { store: CertStore, ownsStore: boolean } {
+  if (isCertStore(value)) return { store: value, ownsStore: false }
+  // Something with some of a store's methods is a store that misses the others.
+  const partial = typeof value === 'object' && value !== null &&
+    ['get', 'put', 'delete', 'list', 'lock'].some((m) => typeof (value as Record<string, unknown>)[m] === 'function')
+  if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
+  return { store: new AzureBlobStore(value as AzureBlobStoreOptions), ownsStore: true }
+}
+
+function directoryUrl (value: string | undefined): string {
+  if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
+  if (value === 'staging') return acme.directory.letsencrypt.staging
+  let url: URL | undefined
+  try {
+    url = new URL(value)
+  } catch {}
+  if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
+  return value
+}
+
