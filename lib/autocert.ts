@@ -4,7 +4,7 @@ import type { SecureContext, TLSSocket } from 'node:tls'
 import { Http01Challenges } from './acme/challenges'
 import { ACCOUNT_KEY, Issuer } from './acme/issuer'
 import type { Certificate } from './certificate'
-import { CertificateManager, type DomainStatus, type Logger } from './manager'
+import { CertificateManager, type AutocertEvents, type DomainStatus, type Logger } from './manager'
 import { normalizeName } from './names'
 import { validate, type AutocertOptions, type ResolvedOptions } from './options'
 import { EncryptedStore } from './store/encrypted'
@@ -27,8 +27,11 @@ export interface Autocert {
   certificate (domain: string): Promise<CertificateInfo>
   /** Orders a new certificate for `domain` now and serves it from then on. */
   renew (domain: string): Promise<CertificateInfo>
-  /** Per listed domain: serial, expiry, next renewal, last error. */
+  /** Per domain in memory (listed, and on-demand names in use): serial, expiry, next renewal, last error, backoff, lock holder. */
   status (): DomainStatus[]
+  /** Calls `listener` on each `event` (obtained, renewed, loaded, failed, backoff, lock-wait). A listener that throws is logged, never breaks the work that emitted. */
+  on<E extends keyof AutocertEvents> (event: E, listener: (...args: AutocertEvents[E]) => void): this
+  off<E extends keyof AutocertEvents> (event: E, listener: (...args: AutocertEvents[E]) => void): this
 }
 
 export type SNICallbackFn = (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
@@ -103,7 +106,9 @@ export class AutocertCore implements AutocertServer {
       renewBefore: opts.renewBefore,
       retryDelays: opts.retryDelays,
       concurrency: opts.concurrency,
-      maxOrdersPerHour: opts.maxOrdersPerHour
+      maxOrdersPerHour: opts.maxOrdersPerHour,
+      instanceId: opts.instanceId,
+      onDemand: opts.onDemand
     })
     const { manager } = this
     this.SNICallback = function (servername, cb) { manager.resolve(servername, cb) }
@@ -125,6 +130,16 @@ export class AutocertCore implements AutocertServer {
 
   status (): DomainStatus[] {
     return this.manager.status()
+  }
+
+  on<E extends keyof AutocertEvents> (event: E, listener: (...args: AutocertEvents[E]) => void): this {
+    this.manager.events.on(event, listener as never)
+    return this
+  }
+
+  off<E extends keyof AutocertEvents> (event: E, listener: (...args: AutocertEvents[E]) => void): this {
+    this.manager.events.off(event, listener as never)
+    return this
   }
 
   async ready (): Promise<void> {

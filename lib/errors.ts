@@ -8,7 +8,7 @@ import createError from '@fastify/error'
 
 export const FST_AUTOCERT_NO_DOMAINS = createError(
   'FST_AUTOCERT_NO_DOMAINS',
-  'options.domains must be a non-empty array of host names, e.g. { domains: [\'example.com\'] }',
+  'options.domains must be a non-empty array of host names, e.g. { domains: [\'example.com\'] } (it may be empty with options.onDemand)',
   500, TypeError)
 
 export const FST_AUTOCERT_INVALID_DOMAIN = createError<[string]>(
@@ -47,7 +47,7 @@ export const FST_AUTOCERT_NOT_REGISTERED = createError(
 
 export const FST_AUTOCERT_NAME_NOT_ALLOWED = createError<[string]>(
   'FST_AUTOCERT_NAME_NOT_ALLOWED',
-  'no certificate is managed for %s: add it to options.domains',
+  'no certificate is managed for %s: add it to options.domains (or let options.onDemand.allow accept it)',
   421)
 
 export const FST_AUTOCERT_ORDER_FAILED = createError<[string, string]>(

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import type { SecureContext } from 'node:tls'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import {
@@ -38,6 +39,43 @@ export interface ManagerOptions {
   maxOrdersPerHour: number
   /** How many domains are loaded or ordered at once by prewarm() and start(). */
   concurrency: number
+  /** This instance's name in lock records, status() and `lock-wait` events. */
+  instanceId: string
+  /** Names not in `domains` that get a certificate at their first handshake when allow() says so. */
+  onDemand?: OnDemandOptions
+}
+
+export interface OnDemandOptions {
+  /** Whether `name` (normalised) may have a certificate. Throwing, or taking longer than `timeout`, means no. */
+  allow (name: string): boolean | Promise<boolean>
+  /** How long allow() may take (ms). */
+  timeout: number
+  /** How many on-demand names are kept in memory; the least recently used beyond it are dropped (the store keeps them). */
+  cacheSize: number
+}
+
+/** A certificate, as events report it. */
+export interface CertificateEvent {
+  domain: string
+  /** Upper-case hex. */
+  serial: string
+  notAfter: Date
+}
+
+/** The events of `fastify.autocert.on()` and `AutocertServer.on()`, with their payloads. */
+export interface AutocertEvents {
+  /** This instance ordered the first certificate it serves for `domain`. */
+  obtained: [CertificateEvent]
+  /** This instance ordered a certificate to replace the one it served (`previousSerial`). */
+  renewed: [CertificateEvent & { previousSerial: string }]
+  /** A certificate was taken from the store: at start-up, or one another instance obtained. */
+  loaded: [CertificateEvent]
+  /** An order failed, or the store could not be read; `retryAt` when a retry is scheduled. */
+  failed: [{ domain: string, error: { message: string, code?: string }, retryAt?: Date }]
+  /** No order for `domain` before `retryAt`: after failures (shared by the fleet), or the fleet's order budget is spent. */
+  backoff: [{ domain: string, retryAt: Date, reason: 'failures' | 'budget' }]
+  /** This instance waits for the lock on `domain`, held by `holder` (that instance's instanceId, when the store knows it). */
+  'lock-wait': [{ domain: string, holder?: string }]
 }
 
 /** What status() reports for one domain. */
@@ -50,8 +88,12 @@ export interface DomainStatus {
   renewAt?: Date
   /** The last failure to load or obtain a certificate, cleared by the next success. */
   lastError?: { message: string, at: Date }
-  /** Set while the fleet-wide failure backoff forbids a new order. */
+  /** Set while the fleet-wide failure backoff (or order budget) forbids a new order. */
   retryAfter?: Date
+  /** While this instance holds the domain's lock (its own instanceId) or waits for it (the holder's, `'unknown'` if not recorded). */
+  lockHolder?: string
+  /** The name is not listed: allowed by onDemand.allow(). */
+  onDemand?: true
 }
 
 /** A failed order, shared by the fleet through the store under `<name>+failure`. */
@@ -64,6 +106,9 @@ interface FailureRecord {
 
 interface Domain {
   readonly name: string
+  /** Not listed: allowed on demand, and dropped from memory when least recently used. */
+  readonly onDemand?: true
+  lockHolder?: string
   cert?: Certificate
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
   context?: SecureContext
@@ -96,6 +141,9 @@ const MAX_TIMER = 2 ** 31 - 1
 const REFUSAL_LOG_INTERVAL = 10_000
 const READ_ERROR_TTL = 1000
 const BACKOFF_RECHECK = 10_000
+/** How long an onDemand.allow() answer is trusted: yes for 10 minutes, no for 1 minute. */
+export const ALLOWED_TTL = 10 * 60_000
+export const DENIED_TTL = 60_000
 
 /**
  * The framework-free core: name -> memory -> store -> lock -> order -> store -> memory.
@@ -103,8 +151,13 @@ const BACKOFF_RECHECK = 10_000
  * talks to the CA, #adopt puts a certificate in memory and schedules its renewal.
  */
 export class CertificateManager {
+  readonly events = new EventEmitter<AutocertEvents>()
   readonly #opts: ManagerOptions
   readonly #domains = new Map<string, Domain>()
+  /** The on-demand names in memory, least recently used first. */
+  readonly #recent = new Map<string, Domain>()
+  /** onDemand.allow() answers (or the call in flight), oldest first. */
+  readonly #decisions = new Map<string, { allowed: Promise<boolean>, until: number }>()
   readonly #closing = new AbortController()
   #refused = { count: 0, since: 0 }
   #started = false
@@ -121,6 +174,7 @@ export class CertificateManager {
   resolve (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
     const domain = this.#domains.get(servername)
     if (domain?.context !== undefined && domain.cert !== undefined && domain.cert.notAfter > Date.now()) {
+      if (domain.onDemand) this.#touch(domain)
       cb(null, domain.context)
       return
     }
@@ -128,7 +182,7 @@ export class CertificateManager {
   }
 
   async secureContext (servername: string): Promise<SecureContext> {
-    const domain = this.#allowed(servername)
+    const domain = await this.#allowed(servername)
     const cert = await this.#certificate(domain)
     if (domain.context === undefined || domain.cert !== cert) {
       try {
@@ -147,12 +201,12 @@ export class CertificateManager {
 
   /** The certificate served for `name`, obtaining it if needed. */
   async certificate (name: string): Promise<Certificate> {
-    return this.#certificate(this.#allowed(name))
+    return this.#certificate(await this.#allowed(name))
   }
 
   /** Orders a new certificate for `name` now, whatever the current one's validity. */
   async renew (name: string): Promise<Certificate> {
-    return this.#order(this.#allowed(name), true)
+    return this.#order(await this.#allowed(name), true)
   }
 
   status (): DomainStatus[] {
@@ -162,16 +216,15 @@ export class CertificateManager {
       notAfter: date(d.cert?.notAfter),
       renewAt: date(d.nextAt ?? d.renewAt),
       lastError: d.lastError && { message: d.lastError.message, at: new Date(d.lastError.at) },
-      retryAfter: d.retryAt !== undefined && d.retryAt > Date.now() ? new Date(d.retryAt) : undefined
+      retryAfter: d.retryAt !== undefined && d.retryAt > Date.now() ? new Date(d.retryAt) : undefined,
+      lockHolder: d.lockHolder,
+      onDemand: d.onDemand
     }))
   }
 
   /** Loads every listed domain from the store into memory. Never orders; never throws. */
   async prewarm (): Promise<void> {
-    await this.#eachDomain(async (domain) => {
-      const cert = await this.#load(domain).catch(() => undefined)
-      if (cert !== undefined) this.#opts.log.info(certFields(cert), 'certificate loaded')
-    })
+    await this.#eachDomain(async (domain) => { await this.#load(domain).catch(() => undefined) })
   }
 
   /**
@@ -202,13 +255,79 @@ export class CertificateManager {
     await Promise.allSettled(ordering)
   }
 
-  #allowed (servername: string): Domain {
-    const domain = this.#domains.get(servername) ?? this.#domains.get(normalizeName(servername) ?? '')
-    if (domain === undefined) {
+  /** The domain `servername` names: listed, or allowed on demand. Anything else is refused. */
+  async #allowed (servername: string): Promise<Domain> {
+    const name = this.#domains.has(servername) ? servername : normalizeName(servername)
+    const known = name === undefined ? undefined : this.#domains.get(name)
+    if (known !== undefined) {
+      if (known.onDemand) this.#touch(known)
+      return known
+    }
+    // A name that fails normalisation never reaches allow().
+    if (name === undefined || this.#opts.onDemand === undefined || !(await this.#decide(name))) {
       this.#logRefusal(servername)
       throw new FST_AUTOCERT_NAME_NOT_ALLOWED(printable(servername))
     }
+    this.#closing.signal.throwIfAborted()
+    // Another handshake for the name may have added it while allow() ran.
+    let domain = this.#domains.get(name)
+    if (domain === undefined) {
+      domain = { name, onDemand: true }
+      this.#domains.set(name, domain)
+      this.#recent.set(name, domain)
+      this.#evict()
+    }
     return domain
+  }
+
+  /** allow()'s answer for `name`: cached (yes for ALLOWED_TTL, no for DENIED_TTL), one call in flight per name. */
+  #decide (name: string, fresh = false): Promise<boolean> {
+    const cached = this.#decisions.get(name)
+    if (cached !== undefined && cached.until > Date.now() && !fresh) return cached.allowed
+    const decision = { allowed: this.#ask(name), until: Infinity }
+    void decision.allowed.then((yes) => { decision.until = Date.now() + (yes ? ALLOWED_TTL : DENIED_TTL) })
+    this.#decisions.delete(name)
+    this.#decisions.set(name, decision)
+    // Bounded like the names: a flood of new SNI names cannot grow it without end.
+    for (const oldest of this.#decisions.keys()) {
+      if (this.#decisions.size <= (this.#opts.onDemand as OnDemandOptions).cacheSize) break
+      this.#decisions.delete(oldest)
+    }
+    return decision.allowed
+  }
+
+  async #ask (name: string): Promise<boolean> {
+    const { allow, timeout } = this.#opts.onDemand as OnDemandOptions
+    try {
+      const answer = await untilAborted(Promise.resolve().then(() => allow(name)), AbortSignal.timeout(timeout))
+      return answer === true
+    } catch (err) {
+      this.#opts.log.warn({ domain: name, error: errorFields(err) }, 'onDemand.allow() failed or timed out: the name is refused')
+      return false
+    }
+  }
+
+  /** Marks an on-demand name as just used. */
+  #touch (domain: Domain): void {
+    this.#recent.delete(domain.name)
+    this.#recent.set(domain.name, domain)
+  }
+
+  /** Drops the least recently used on-demand names beyond cacheSize; the store still has their certificates. */
+  #evict (): void {
+    const { cacheSize } = this.#opts.onDemand as OnDemandOptions
+    for (const domain of this.#recent.values()) {
+      if (this.#recent.size <= cacheSize) return
+      // Work in flight finishes first; the next name added evicts it.
+      if (domain.ordering === undefined && domain.loading === undefined) this.#drop(domain)
+    }
+  }
+
+  #drop (domain: Domain): void {
+    clearTimeout(domain.timer)
+    domain.timer = undefined
+    this.#recent.delete(domain.name)
+    this.#domains.delete(domain.name)
   }
 
   /** A live certificate: memory, then store, then a new order. */
@@ -264,7 +383,11 @@ export class CertificateManager {
       domain.reported = true
       return undefined
     }
-    if (domain.cert === undefined || newer(cert, domain.cert)) this.#adopt(domain, cert)
+    if (domain.cert === undefined || newer(cert, domain.cert)) {
+      this.#adopt(domain, cert)
+      log.info(certFields(cert), 'certificate loaded')
+      this.#emit('loaded', certEvent(cert))
+    }
     return domain.cert
   }
 
@@ -285,7 +408,7 @@ export class CertificateManager {
     const had = domain.cert
     // The account lookup (CA round trips) overlaps the wait for the lock.
     issuer.prepare?.()
-    const lock = await store.lock(name, closing)
+    const lock = await this.#lock(domain)
     let issued: Certificate | undefined
     // A first certificate has a handshake waiting: the budget's lock is taken while
     // the name's records are read, a few round trips less before the CA is asked
@@ -322,6 +445,8 @@ export class CertificateManager {
       // Served from now on, whatever happens to the write.
       this.#adopt(domain, issued)
       log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
+      if (had === undefined) this.#emit('obtained', certEvent(issued))
+      else this.#emit('renewed', { ...certEvent(issued), previousSerial: had.serial })
       if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
       await store.put(name, encodeBundle(issued))
       domain.unsaved = false
@@ -344,7 +469,7 @@ export class CertificateManager {
   /** Writes a certificate issued while the store was unreachable, unless the store now holds a newer one. */
   async #persist (domain: Domain): Promise<void> {
     const cert = domain.cert as Certificate
-    const lock = await this.#opts.store.lock(domain.name, this.#closing.signal)
+    const lock = await this.#lock(domain)
     try {
       // #read adopts the stored certificate if it is newer than ours.
       await this.#read(domain)
@@ -368,7 +493,7 @@ export class CertificateManager {
    */
   async #openOrderLog (): Promise<{ lock: Lock, recent: number[] }> {
     const { store } = this.#opts
-    const lock = await store.lock(ORDER_LOG, this.#closing.signal)
+    const lock = await store.lock(ORDER_LOG, this.#closing.signal, { holder: this.#opts.instanceId })
     try {
       const now = Date.now()
       return { lock, recent: parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR) }
@@ -385,9 +510,8 @@ export class CertificateManager {
       // Not the domain's failure (no failure record): it waits for the next free slot.
       const retryAt = recent[0] + HOUR
       const err = new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
-      this.#fail(domain, err)
-      domain.retryAt = retryAt
-      this.#schedule(domain, retryAt)
+      domain.lastError = { message: err.message, at: Date.now() }
+      this.#backoff(domain, retryAt, 'budget')
       this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
       throw err
     }
@@ -400,9 +524,8 @@ export class CertificateManager {
   /** Honours a failure record another instance (or an earlier run) left in the store. */
   #checkBackoff (domain: Domain, record: FailureRecord | undefined): void {
     if (record !== undefined && record.retryAt > Date.now()) {
-      domain.retryAt = record.retryAt
       domain.lastError = { message: record.error, at: record.at }
-      this.#schedule(domain, record.retryAt)
+      this.#backoff(domain, record.retryAt, 'failures')
       throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(record.retryAt).toISOString())
     }
   }
@@ -415,9 +538,8 @@ export class CertificateManager {
     const retryAt = at + retryDelay(failures, retryDelays)
     const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt }
     if (!lockSignal.aborted) await store.put(failureKey(domain.name), JSON.stringify(record)).catch(() => {})
-    this.#fail(domain, err)
-    domain.retryAt = retryAt
-    this.#schedule(domain, retryAt)
+    this.#fail(domain, err, retryAt)
+    this.#backoff(domain, retryAt, 'failures')
     log.error({ domain: domain.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
   }
 
@@ -431,8 +553,49 @@ export class CertificateManager {
     this.#schedule(domain, domain.renewAt)
   }
 
-  #fail (domain: Domain, err: unknown): void {
+  /** The domain's lock, recorded as this instance's; status() shows who holds it while this instance holds or waits for it. */
+  async #lock (domain: Domain): Promise<Lock> {
+    const { store, instanceId } = this.#opts
+    const onWait = (holder: string | undefined): void => {
+      domain.lockHolder = holder ?? 'unknown'
+      this.#emit('lock-wait', { domain: domain.name, holder })
+    }
+    let lock: Lock
+    try {
+      lock = await store.lock(domain.name, this.#closing.signal, { holder: instanceId, onWait })
+    } finally {
+      domain.lockHolder = undefined
+    }
+    domain.lockHolder = instanceId
+    return {
+      signal: lock.signal,
+      release: async () => {
+        domain.lockHolder = undefined
+        await lock.release()
+      }
+    }
+  }
+
+  #fail (domain: Domain, err: unknown, retryAt?: number): void {
     domain.lastError = { message: errorMessage(err), at: Date.now() }
+    const code = (err as { code?: unknown }).code
+    this.#emit('failed', { domain: domain.name, error: { message: errorMessage(err), code: typeof code === 'string' ? code : undefined }, retryAt: date(retryAt) })
+  }
+
+  /** No order before `retryAt` (the shared failure backoff, or the order budget); a retry is scheduled for then. */
+  #backoff (domain: Domain, retryAt: number, reason: 'failures' | 'budget'): void {
+    domain.retryAt = retryAt
+    this.#schedule(domain, retryAt)
+    this.#emit('backoff', { domain: domain.name, retryAt: new Date(retryAt), reason })
+  }
+
+  /** A listener that throws must not break the work that emitted. */
+  #emit<E extends keyof AutocertEvents> (event: E, ...args: AutocertEvents[E]): void {
+    try {
+      (this.events.emit as (event: E, ...args: AutocertEvents[E]) => boolean)(event, ...args)
+    } catch (err) {
+      this.#opts.log.error({ event, error: errorFields(err) }, 'an autocert event listener threw')
+    }
   }
 
   /** One timer per domain: at `at`, renew (or retry) through the same path as a handshake. */
@@ -447,8 +610,18 @@ export class CertificateManager {
       if (wait > MAX_TIMER) return this.#schedule(domain, at)
       domain.timer = undefined
       domain.nextAt = undefined
-      void this.#background(domain, domain.unsaved === true ? this.#persist(domain) : this.#order(domain, false))
+      void this.#background(domain, domain.unsaved === true ? this.#persist(domain) : this.#renewal(domain))
     }, Math.min(wait, MAX_TIMER)).unref()
+  }
+
+  /** A renewal (or retry) a timer asked for. An on-demand name is renewed only while allow() still says yes. */
+  async #renewal (domain: Domain): Promise<void> {
+    if (domain.onDemand && !(await this.#decide(domain.name, true))) {
+      this.#opts.log.info({ domain: domain.name }, 'on-demand name no longer allowed: not renewed')
+      this.#drop(domain)
+      return
+    }
+    await this.#order(domain, false)
   }
 
   /**
@@ -462,7 +635,7 @@ export class CertificateManager {
     } catch (err) {
       if (domain.timer !== undefined || this.#closing.signal.aborted) return
       const retryAt = Date.now() + retryDelay(1, this.#opts.retryDelays)
-      this.#fail(domain, err)
+      this.#fail(domain, err, retryAt)
       this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate work failed; will retry')
       this.#schedule(domain, retryAt)
     }
@@ -534,6 +707,10 @@ function parseFailure (data: Buffer | undefined): FailureRecord | undefined {
   } catch {
     return undefined
   }
+}
+
+function certEvent (cert: Certificate): CertificateEvent {
+  return { domain: cert.name, serial: cert.serial, notAfter: new Date(cert.notAfter) }
 }
 
 function certFields (cert: Certificate): object {

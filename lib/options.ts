@@ -1,10 +1,11 @@
+import { hostname } from 'node:os'
 import * as acme from 'acme-client'
 import type { KeyType } from './acme/issuer'
 import {
   FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
   FST_AUTOCERT_INVALID_OPTION, FST_AUTOCERT_INVALID_STORE, FST_AUTOCERT_NO_DOMAINS, FST_AUTOCERT_TOS_NOT_AGREED
 } from './errors'
-import type { Logger } from './manager'
+import type { Logger, OnDemandOptions } from './manager'
 import { normalizeName } from './names'
 import { AzureBlobStore, type AzureBlobStoreOptions } from './store/azure-blob'
 import type { EncryptionOptions } from './store/encrypted'
@@ -12,8 +13,25 @@ import { isCertStore, type CertStore } from './store/store'
 
 /** Options of the Fastify plugin and of createAutocert(): checked once, at register time. */
 export interface AutocertOptions {
-  /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. */
+  /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. May be empty with `onDemand`. */
   domains: string[]
+  /**
+   * Certificates for names not in `domains`, obtained at their first handshake
+   * when `allow(name)` resolves to `true` (SaaS custom domains; Caddy's `ask`).
+   * allow() is called only for well-formed names; its answer is kept 10 minutes
+   * (yes) or 1 minute (no); throwing or taking longer than `timeout` means no.
+   * On-demand orders count against `maxOrdersPerHour` and the failure backoff;
+   * a name allow() no longer accepts is not renewed.
+   */
+  onDemand?: {
+    allow: (name: string) => boolean | Promise<boolean>
+    /** Milliseconds allow() may take. Default: 5000. */
+    timeout?: number
+    /** On-demand names kept in memory (about 3 KiB each, plus 24 KiB once served); the least recently used are dropped and read from the store again when needed. Default: 10000. */
+    cacheSize?: number
+  }
+  /** This instance's name in lock records, `status()` and `lock-wait` events. Default: `<hostname>/<pid>`. */
+  instanceId?: string
   /**
    * Where certificates, the account key, challenges, locks and failure records
    * live, shared by the fleet: a store you built (you close it), or the options
@@ -60,10 +78,13 @@ export interface AutocertOptions {
 
 const OPTION_KEYS = new Set([
   'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
-  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'externalAccountBinding', 'logger'
+  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'externalAccountBinding', 'logger',
+  'onDemand', 'instanceId'
 ])
 
-export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour'> {
+export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour' | 'onDemand' | 'instanceId'> {
+  onDemand?: OnDemandOptions
+  instanceId: string
   store: CertStore
   /** The plugin built the store, so it closes it. */
   ownsStore: boolean
@@ -79,7 +100,13 @@ export function validate (options: AutocertOptions): ResolvedOptions {
     throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${[...OPTION_KEYS].join(', ')}`)
   }
   const { domains, termsOfServiceAgreed, email, renewBefore, retryDelays, http01, encryption } = options
-  if (!Array.isArray(domains) || domains.length === 0) throw new FST_AUTOCERT_NO_DOMAINS()
+  const onDemand = validateOnDemand(options.onDemand)
+  if (!Array.isArray(domains) || (domains.length === 0 && onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
+  const instanceId = options.instanceId ?? `${hostname()}/${process.pid}`
+  // Recorded in lock files and blob metadata: printable ASCII only.
+  if (typeof instanceId !== 'string' || !/^[\x21-\x7e][\x20-\x7e]{0,127}$/.test(instanceId)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('instanceId', 'must be 1 to 128 printable ASCII characters, e.g. the host name')
+  }
   const names = domains.map((raw) => {
     const name = typeof raw === 'string' ? normalizeName(raw) : undefined
     if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
@@ -129,6 +156,8 @@ export function validate (options: AutocertOptions): ResolvedOptions {
   return {
     ...options,
     domains: [...new Set(names)],
+    onDemand,
+    instanceId,
     store,
     ownsStore,
     keyType,
@@ -159,3 +188,14 @@ function directoryUrl (value: string | undefined): string {
   return value
 }
 
+
+function validateOnDemand (value: AutocertOptions['onDemand']): OnDemandOptions | undefined {
+  if (value === undefined) return undefined
+  if (typeof value?.allow !== 'function') {
+    throw new FST_AUTOCERT_INVALID_OPTION('onDemand.allow', 'must be a function (name) => boolean | Promise<boolean> that says whether a name may have a certificate')
+  }
+  const { allow, timeout = 5000, cacheSize = 10_000 } = value
+  if (!(Number.isFinite(timeout) && timeout > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.timeout', 'must be a positive number of milliseconds')
+  if (!(Number.isInteger(cacheSize) && cacheSize > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.cacheSize', 'must be a positive integer')
+  return { allow, timeout, cacheSize }
+}

@@ -48,12 +48,15 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
   cores.set(fastify.server, core)
   registered.add(core)
 
-  // The decorator shows the certificates, not the lifecycle: the hooks own that.
-  fastify.decorate<Autocert>('autocert', {
+  // The decorator shows the certificates and events, not the lifecycle: the hooks own that.
+  const decorator: Autocert = {
     certificate: async (domain) => await core.certificate(domain),
     renew: async (domain) => await core.renew(domain),
-    status: () => core.status()
-  })
+    status: () => core.status(),
+    on (event, listener) { core.on(event, listener); return this },
+    off (event, listener) { core.off(event, listener); return this }
+  }
+  fastify.decorate('autocert', decorator)
 
   // A wildcard, not `:token`: Fastify caps a parameter at 100 characters (maxParamLength), tokens may have 128.
   fastify.route<{ Params: { '*': string } }>({

@@ -1,6 +1,6 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import autocert, { MemoryStore, SNICallback, type AutocertOptions } from '../lib'
+import autocert, { createAutocert, MemoryStore, SNICallback, type AutocertOptions } from '../lib'
 import { handshake } from './helpers/tls'
 
 const valid = (): AutocertOptions => ({ domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
@@ -37,7 +37,13 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
     ['empty retryDelays', { retryDelays: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.retryDelays/],
     ['zero concurrency', { concurrency: 0 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.concurrency/],
     ['a bad http01 port', { http01: { port: 70000 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.http01\.port/],
-    ['a misspelt option', { domain: ['example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domain is not an option/]
+    ['a misspelt option', { domain: ['example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domain is not an option/],
+    ['onDemand without allow', { onDemand: { allow: true } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.allow must be a function/],
+    ['a zero onDemand timeout', { onDemand: { allow: () => true, timeout: 0 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.timeout/],
+    ['a fractional onDemand cacheSize', { onDemand: { allow: () => true, cacheSize: 1.5 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.cacheSize/],
+    ['an instanceId with a newline', { instanceId: 'host\nforged' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.instanceId/],
+    ['an empty instanceId', { instanceId: '' }, 'FST_AUTOCERT_INVALID_OPTION', /printable ASCII/],
+    ['a logger without warn', { logger: { info () {} } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.logger/]
   ]
   for (const [what, override, code, message] of cases) {
     const err = await registerError({ ...valid(), ...override })
@@ -55,6 +61,20 @@ t.test('valid options are normalised and accepted', async (t) => {
     t.same(app.autocert.status().map((s) => s.domain), ['example.com', 'xn--bcher-kva.example'], 'deduplicated and normalised')
     await app.close()
   }
+})
+
+t.test('with onDemand, domains may be empty; createAutocert() checks the same options', async (t) => {
+  const app = Fastify()
+  await app.register(autocert, { ...valid(), domains: [], onDemand: { allow: () => false } })
+  await app.ready()
+  t.same(app.autocert.status(), [], 'nothing in memory before a handshake')
+  await t.rejects(app.autocert.certificate('tenant.example'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' }, 'allow() said no')
+  await app.close()
+  t.throws(() => createAutocert({ ...valid(), domains: [] }), { code: 'FST_AUTOCERT_NO_DOMAINS' })
+  t.throws(() => createAutocert({ ...valid(), concurrency: -1 }), { code: 'FST_AUTOCERT_INVALID_OPTION' })
+  const standalone = createAutocert(valid())
+  t.same(standalone.status().map((s) => s.domain), ['example.com'])
+  await standalone.close()
 })
 
 t.test('the decorator refuses names it does not manage', async (t) => {

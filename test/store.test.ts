@@ -154,6 +154,27 @@ function conformance (parent: tap.Test, name: string, make: (t: tap.Test) => Pro
       await lock.release()
     })
 
+    t.test('a waiter is told who holds the lock, and the holder is forgotten on release', async (t) => {
+      const { store } = await make(t)
+      const first = await store.lock('a.example.com', undefined, { holder: 'host-1/101' })
+      const told: Array<string | undefined> = []
+      const second = store.lock('a.example.com', undefined, { holder: 'host-2/202', onWait: (holder) => told.push(holder) })
+      // The holder may record itself a moment after taking the lock: the waiter sees it by its next retry.
+      for (let i = 0; i < 600 && !told.includes('host-1/101'); i++) await sleep(50)
+      t.equal(told.at(-1), 'host-1/101', 'the waiter learns the holder')
+      t.ok(told.every((h) => h === undefined || h === 'host-1/101'), 'and no one else')
+      await first.release()
+      const lock = await second
+      const third = store.lock('a.example.com', undefined, { onWait: (holder) => told.push(`third saw ${String(holder)}`) })
+      for (let i = 0; i < 600 && !told.includes('third saw host-2/202'); i++) await sleep(50)
+      t.ok(told.includes('third saw host-2/202'), 'the next holder is recorded in turn')
+      await lock.release()
+      await (await third).release()
+      const quiet = await store.lock('a.example.com', undefined, { onWait: () => told.push('waited') })
+      t.notOk(told.includes('waited'), 'a free lock calls no onWait')
+      await quiet.release()
+    })
+
     t.test('a lock aborted by its signal rejects with the reason and leaves the lock usable', async (t) => {
       const { store } = await make(t)
       const held = await store.lock('a.example.com')

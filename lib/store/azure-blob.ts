@@ -10,7 +10,7 @@ import {
 } from '@azure/storage-blob'
 import { linkSignals, sleep, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
-import { checkKey, type CertStore, type Lock } from './store'
+import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 
 /**
  * `@azure/core-auth`'s `TokenCredential` (what `@azure/identity` credentials
@@ -162,12 +162,14 @@ export class AzureBlobStore implements CertStore {
     })
   }
 
-  async lock (key: string, signal?: AbortSignal): Promise<Lock> {
+  async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
     const blob = this.#client.getBlockBlobClient(this.#prefix + LOCKS + checkKey(key))
     signal?.throwIfAborted()
     this.#closing.signal.throwIfAborted()
     const wait = linkSignals(signal, this.#closing.signal)
     const lease = blob.getBlobLeaseClient(randomUUID())
+    let reported = false
+    let seen: string | undefined
     try {
       await untilAborted(this.#container(), wait.signal)
       for (;;) {
@@ -189,6 +191,14 @@ export class AzureBlobStore implements CertStore {
                 if (!isStorageError(err, 409) && !isStorageError(err, 412)) throw err
               })
           } else if (isStorageError(err, 409, 'LeaseAlreadyPresent')) {
+            if (options.onWait !== undefined) {
+              // Best effort, one read per retry while waiting: the holder as it recorded itself.
+              const props = await this.#call((abortSignal) => blob.getProperties({ abortSignal }), wait.signal).catch(() => undefined)
+              const holder = props?.metadata?.holder
+              if (!reported || holder !== seen) options.onWait(holder)
+              reported = true
+              seen = holder
+            }
             await sleep(RETRY_MS + Math.random() * RETRY_JITTER_MS, wait.signal)
           } else {
             throw err
@@ -197,6 +207,11 @@ export class AzureBlobStore implements CertStore {
       }
     } finally {
       wait.dispose()
+    }
+    if (options.holder !== undefined) {
+      // Not awaited: for operators only, it must not delay the work the lock is for.
+      const metadata = { holder: options.holder }
+      this.#call((abortSignal) => blob.setMetadata(metadata, { abortSignal, conditions: { leaseId: lease.leaseId } })).catch(() => {})
     }
     const intervalMs = this.#leaseSeconds * 1000 / 3
     const held: HeldLock = new HeldLock({

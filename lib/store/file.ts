@@ -3,7 +3,7 @@ import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from '
 import path from 'node:path'
 import { linkSignals, sleep } from '../signals'
 import { HeldLock } from './held-lock'
-import { checkKey, type CertStore, type Lock } from './store'
+import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
 const STALE_MS = 10_000
@@ -83,17 +83,26 @@ export class FileStore implements CertStore {
       .map((e) => e.name)
   }
 
-  async lock (key: string, signal?: AbortSignal): Promise<Lock> {
+  async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
     const file = path.join(this.#dir, `.${checkKey(key)}.lock`)
     signal?.throwIfAborted()
     this.#closing.signal.throwIfAborted()
     const wait = linkSignals(signal, this.#closing.signal)
-    const owner = randomUUID()
+    // The random id makes the file this call's; the holder is only reported.
+    const owner = `${randomUUID()}\n${options.holder ?? ''}`
+    let reported = false
+    let seen: string | undefined
     try {
       await this.#mkdir()
       for (;;) {
         if (await this.#create(file, owner)) break
         if (await this.#removeIfStale(file)) continue
+        if (options.onWait !== undefined) {
+          const holder = (await readFile(file, 'utf8').catch(() => '')).split('\n')[1] || undefined
+          if (!reported || holder !== seen) options.onWait(holder)
+          reported = true
+          seen = holder
+        }
         await sleep(RETRY_MS + Math.random() * RETRY_JITTER_MS, wait.signal)
       }
       // Taken, but the caller may have given up (or the store closed) just now.

@@ -1,5 +1,5 @@
 import { untilAborted } from '../signals'
-import { checkKey, type CertStore, type Lock } from './store'
+import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 
 /**
  * A store in process memory: for tests and single-process experiments. It keeps
@@ -9,6 +9,9 @@ export class MemoryStore implements CertStore {
   readonly #data = new Map<string, Buffer>()
   // The tail of each lock's queue: a new holder waits for the previous one to release.
   readonly #locks = new Map<string, Promise<void>>()
+  // Per key: lock() calls not yet released (holder and waiters), and the holder's record.
+  readonly #pending = new Map<string, number>()
+  readonly #holders = new Map<string, { holder?: string }>()
 
   async get (key: string): Promise<Buffer | undefined> {
     const value = this.#data.get(checkKey(key))
@@ -27,8 +30,16 @@ export class MemoryStore implements CertStore {
     return [...this.#data.keys()].filter((k) => k.startsWith(prefix))
   }
 
-  async lock (key: string, signal?: AbortSignal): Promise<Lock> {
+  async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
     signal?.throwIfAborted()
+    const pending = this.#pending.get(key) ?? 0
+    if (pending > 0) options.onWait?.(this.#holders.get(key)?.holder)
+    this.#pending.set(key, pending + 1)
+    const settle = (): void => {
+      const left = (this.#pending.get(key) ?? 1) - 1
+      if (left === 0) this.#pending.delete(key)
+      else this.#pending.set(key, left)
+    }
     const previous = this.#locks.get(key) ?? Promise.resolve()
     let release!: () => void
     const released = new Promise<void>((resolve) => { release = resolve })
@@ -40,9 +51,14 @@ export class MemoryStore implements CertStore {
     signal?.addEventListener('abort', abandon, { once: true })
     try {
       await untilAborted(previous, signal)
+    } catch (err) {
+      settle()
+      throw err
     } finally {
       signal?.removeEventListener('abort', abandon)
     }
+    const record = { holder: options.holder }
+    this.#holders.set(key, record)
     const controller = new AbortController()
     let done = false
     return {
@@ -50,6 +66,8 @@ export class MemoryStore implements CertStore {
       release: async () => {
         if (done) return
         done = true
+        if (this.#holders.get(key) === record) this.#holders.delete(key)
+        settle()
         release()
       }
     }

@@ -22,9 +22,21 @@ export interface CertStore {
    * another holder has it. Locks held by a crashed process lapse by themselves.
    * Rejects with the signal's reason when `signal` aborts first.
    */
-  lock (key: string, signal?: AbortSignal): Promise<Lock>
+  lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock>
   /** Frees what the store owns (timers, clients). Locks still held are released. */
   close? (): Promise<void>
+}
+
+/** What a lock records and reports, for operators (status() and the `lock-wait` event). A store may ignore it. */
+export interface LockOptions {
+  /** Who takes the lock (the plugin's instanceId), recorded with it while held. */
+  holder?: string
+  /**
+   * Called when the lock is found held by someone else, with its recorded
+   * holder if known, and again while waiting whenever the holder seen changes
+   * (a holder may record itself a moment after it took the lock).
+   */
+  onWait?: (holder: string | undefined) => void
 }
 
 export interface Lock {

@@ -57,6 +57,6 @@ export function spyStore (inner: CertStore): CertStore & { keys: string[] } {
     put: async (key, value) => { keys.push(key); return inner.put(key, value) },
     delete: async (key) => { keys.push(key); return inner.delete(key) },
     list: async (prefix) => inner.list(prefix),
-    lock: async (key, signal) => { keys.push(key); return inner.lock(key, signal) }
+    lock: async (key, signal, options) => { keys.push(key); return inner.lock(key, signal, options) }
   }
 }
