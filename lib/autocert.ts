@@ -93,13 +93,13 @@ export class AutocertCore implements AutocertServer {
     const issuer = new Issuer({
       directoryUrl: opts.directoryUrl,
       email: opts.email,
-      keyType: opts.keyType,
       externalAccountBinding: opts.externalAccountBinding,
       store: this.#store,
       challenges: this.challenges
     })
     this.manager = new CertificateManager({
       domains: opts.domains,
+      keyTypes: opts.keyTypes,
       store: this.#store,
       issuer,
       log,
@@ -111,7 +111,7 @@ export class AutocertCore implements AutocertServer {
       onDemand: opts.onDemand
     })
     const { manager } = this
-    this.SNICallback = function (servername, cb) { manager.resolve(servername, cb) }
+    this.SNICallback = function (servername, cb) { manager.resolve(servername, cb, this) }
     this.middleware = (req, res, next) => {
       const token = challengeToken(req)
       if (token !== undefined) void this.#answer(token, req.headers.host, res)

@@ -28,7 +28,7 @@ export const FST_AUTOCERT_INVALID_DIRECTORY_URL = createError<[string]>(
 
 export const FST_AUTOCERT_INVALID_KEY_TYPE = createError<[string]>(
   'FST_AUTOCERT_INVALID_KEY_TYPE',
-  'options.keyType must be \'ecdsa\' or \'rsa\'; got %s',
+  'options.keyType must be \'ecdsa\', \'rsa\' or both ([\'ecdsa\', \'rsa\']); got %s',
   500, TypeError)
 
 export const FST_AUTOCERT_INVALID_STORE = createError(

@@ -8,6 +8,7 @@ import {
 import { normalizeName } from './names'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
+import type { KeyType } from './acme/issuer'
 import type { CertStore, Lock } from './store/store'
 
 /** The subset of a pino / Fastify logger the manager writes to. */
@@ -20,7 +21,7 @@ export interface Logger {
 
 /** Orders one certificate; the manager decides when and holds the lock. */
 export interface CertificateSource {
-  issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }>
+  issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }>
   /** Starts whatever issue() will need first (the account), without waiting. */
   prepare? (): void
 }
@@ -28,6 +29,8 @@ export interface CertificateSource {
 export interface ManagerOptions {
   /** Normalised names this manager serves and orders. */
   domains: readonly string[]
+  /** The certificates each name has, one per key type, the first preferred where a client supports several. */
+  keyTypes: readonly KeyType[]
   store: CertStore
   issuer: CertificateSource
   log: Logger
@@ -57,6 +60,7 @@ export interface OnDemandOptions {
 /** A certificate, as events report it. */
 export interface CertificateEvent {
   domain: string
+  keyType: KeyType
   /** Upper-case hex. */
   serial: string
   notAfter: Date
@@ -81,6 +85,8 @@ export interface AutocertEvents {
 /** What status() reports for one domain. */
 export interface DomainStatus {
   domain: string
+  /** Which of the name's certificates this is: one entry per name and key type. */
+  keyType: KeyType
   /** Serial of the certificate being served, upper-case hex; undefined before the first one. */
   serial?: string
   notAfter?: Date
@@ -104,10 +110,26 @@ interface FailureRecord {
   retryAt: number
 }
 
-interface Domain {
+/** A host name served with one certificate per key type. */
+interface Site {
   readonly name: string
+  /** One per key type, the primary (options.keyType's first) first. */
+  readonly slots: Slot[]
   /** Not listed: allowed on demand, and dropped from memory when least recently used. */
   readonly onDemand?: true
+  /** The TLS contexts of the slots that have one, primary first; cleared when a slot adopts a new certificate. */
+  contexts?: SecureContext[]
+  /** The first expiry among the certificates in `contexts` (ms). */
+  expires?: number
+}
+
+/** One certificate of a site: its own store key, lock, order, renewal and backoff. */
+interface Slot {
+  readonly site: Site
+  readonly name: string
+  readonly type: KeyType
+  /** `<name>` for ECDSA, `<name>+rsa` for RSA (Go autocert's keys). */
+  readonly key: string
   lockHolder?: string
   cert?: Certificate
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
@@ -153,9 +175,9 @@ export const DENIED_TTL = 60_000
 export class CertificateManager {
   readonly events = new EventEmitter<AutocertEvents>()
   readonly #opts: ManagerOptions
-  readonly #domains = new Map<string, Domain>()
+  readonly #sites = new Map<string, Site>()
   /** The on-demand names in memory, least recently used first. */
-  readonly #recent = new Map<string, Domain>()
+  readonly #recent = new Map<string, Site>()
   /** onDemand.allow() answers (or the call in flight), oldest first. */
   readonly #decisions = new Map<string, { allowed: Promise<boolean>, until: number }>()
   readonly #closing = new AbortController()
@@ -164,67 +186,68 @@ export class CertificateManager {
 
   constructor (opts: ManagerOptions) {
     this.#opts = opts
-    for (const name of opts.domains) this.#domains.set(name, { name })
+    for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
 
   /**
-   * The TLS hot path. A name in memory with a live certificate answers
-   * synchronously: one map lookup, no store call, no allocation.
+   * The TLS hot path, for an SNICallback on `socket`. A name in memory with a
+   * live certificate answers synchronously: one map lookup, no store call, no
+   * allocation.
    */
-  resolve (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
-    const domain = this.#domains.get(servername)
-    if (domain?.context !== undefined && domain.cert !== undefined && domain.cert.notAfter > Date.now()) {
-      if (domain.onDemand) this.#touch(domain)
-      cb(null, domain.context)
+  resolve (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void, socket?: KeyCertSocket): void {
+    const site = this.#sites.get(servername)
+    if (site?.contexts !== undefined && (site.expires as number) > Date.now()) {
+      if (site.onDemand) this.#touch(site)
+      serve(site.contexts, cb, socket)
       return
     }
-    this.secureContext(servername).then((ctx) => cb(null, ctx), cb)
+    this.contexts(servername).then((contexts) => { serve(contexts, cb, socket) }, cb)
   }
 
-  async secureContext (servername: string): Promise<SecureContext> {
-    const domain = await this.#allowed(servername)
-    const cert = await this.#certificate(domain)
-    if (domain.context === undefined || domain.cert !== cert) {
-      try {
-        domain.context = toSecureContext(cert)
-      } catch (err) {
-        // A stored bundle whose key does not match: never served; a fresh order replaces it.
-        this.#opts.log.warn({ domain: domain.name, blob: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
-        domain.reported = true
-        domain.rejected = cert.serial
-        domain.cert = undefined
-        domain.context = toSecureContext(await this.#order(domain, false))
-      }
-    }
-    return domain.context
+  /**
+   * The contexts serving `servername`, primary key type first: every
+   * certificate of the name that can be had (a key type that fails does not
+   * stop the others from being served).
+   */
+  async contexts (servername: string): Promise<SecureContext[]> {
+    const site = await this.#allowed(servername)
+    const results = await Promise.allSettled(site.slots.map(async (slot) => await this.#context(slot)))
+    const contexts = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])
+    if (contexts.length === 0) throw (results[0] as PromiseRejectedResult).reason
+    site.contexts = contexts
+    site.expires = Math.min(...site.slots.flatMap((slot) => slot.context === undefined ? [] : [(slot.cert as Certificate).notAfter]))
+    return contexts
   }
 
-  /** The certificate served for `name`, obtaining it if needed. */
+  /** The certificate served for `name` (its primary key type's), obtaining it if needed. */
   async certificate (name: string): Promise<Certificate> {
-    return this.#certificate(await this.#allowed(name))
+    return this.#certificate((await this.#allowed(name)).slots[0])
   }
 
-  /** Orders a new certificate for `name` now, whatever the current one's validity. */
+  /** Orders new certificates for `name` now (one per key type), whatever the current ones' validity; resolves with the primary one. */
   async renew (name: string): Promise<Certificate> {
-    return this.#order(await this.#allowed(name), true)
+    const site = await this.#allowed(name)
+    const [primary] = await Promise.all(site.slots.map(async (slot) => await this.#order(slot, true)))
+    return primary
   }
 
   status (): DomainStatus[] {
-    return [...this.#domains.values()].map((d) => ({
+    return [...this.#sites.values()].flatMap((site) => site.slots).map((d) => ({
       domain: d.name,
+      keyType: d.type,
       serial: d.cert?.serial,
       notAfter: date(d.cert?.notAfter),
       renewAt: date(d.nextAt ?? d.renewAt),
       lastError: d.lastError && { message: d.lastError.message, at: new Date(d.lastError.at) },
       retryAfter: d.retryAt !== undefined && d.retryAt > Date.now() ? new Date(d.retryAt) : undefined,
       lockHolder: d.lockHolder,
-      onDemand: d.onDemand
+      onDemand: d.site.onDemand
     }))
   }
 
   /** Loads every listed domain from the store into memory. Never orders; never throws. */
   async prewarm (): Promise<void> {
-    await this.#eachDomain(async (domain) => { await this.#load(domain).catch(() => undefined) })
+    await this.#eachSlot(async (slot) => { await this.#load(slot).catch(() => undefined) })
   }
 
   /**
@@ -233,11 +256,11 @@ export class CertificateManager {
    */
   start (): void {
     this.#started = true
-    for (const domain of this.#domains.values()) {
-      if (domain.nextAt !== undefined && domain.timer === undefined) this.#schedule(domain, domain.nextAt)
+    for (const slot of this.#slots()) {
+      if (slot.nextAt !== undefined && slot.timer === undefined) this.#schedule(slot, slot.nextAt)
     }
-    void this.#eachDomain(async (domain) => {
-      if (!live(domain.cert)) await this.#background(domain, this.#certificate(domain))
+    void this.#eachSlot(async (slot) => {
+      if (!live(slot.cert)) await this.#background(slot, this.#certificate(slot))
     })
   }
 
@@ -248,17 +271,27 @@ export class CertificateManager {
   async close (): Promise<void> {
     this.#closing.abort(new FST_AUTOCERT_CLOSED())
     const ordering: Array<Promise<unknown>> = []
-    for (const domain of this.#domains.values()) {
-      clearTimeout(domain.timer)
-      if (domain.ordering !== undefined) ordering.push(domain.ordering)
+    for (const slot of this.#slots()) {
+      clearTimeout(slot.timer)
+      if (slot.ordering !== undefined) ordering.push(slot.ordering)
     }
     await Promise.allSettled(ordering)
   }
 
-  /** The domain `servername` names: listed, or allowed on demand. Anything else is refused. */
-  async #allowed (servername: string): Promise<Domain> {
-    const name = this.#domains.has(servername) ? servername : normalizeName(servername)
-    const known = name === undefined ? undefined : this.#domains.get(name)
+  #site (name: string, onDemand?: true): Site {
+    const site: Site = { name, slots: [], onDemand }
+    for (const type of this.#opts.keyTypes) site.slots.push({ site, name, type, key: type === 'rsa' ? `${name}+rsa` : name })
+    return site
+  }
+
+  * #slots (): Iterable<Slot> {
+    for (const site of this.#sites.values()) yield * site.slots
+  }
+
+  /** The site `servername` names: listed, or allowed on demand. Anything else is refused. */
+  async #allowed (servername: string): Promise<Site> {
+    const name = this.#sites.has(servername) ? servername : normalizeName(servername)
+    const known = name === undefined ? undefined : this.#sites.get(name)
     if (known !== undefined) {
       if (known.onDemand) this.#touch(known)
       return known
@@ -270,14 +303,14 @@ export class CertificateManager {
     }
     this.#closing.signal.throwIfAborted()
     // Another handshake for the name may have added it while allow() ran.
-    let domain = this.#domains.get(name)
-    if (domain === undefined) {
-      domain = { name, onDemand: true }
-      this.#domains.set(name, domain)
-      this.#recent.set(name, domain)
+    let site = this.#sites.get(name)
+    if (site === undefined) {
+      site = this.#site(name, true)
+      this.#sites.set(name, site)
+      this.#recent.set(name, site)
       this.#evict()
     }
-    return domain
+    return site
   }
 
   /** allow()'s answer for `name`: cached (yes for ALLOWED_TTL, no for DENIED_TTL), one call in flight per name. */
@@ -308,107 +341,129 @@ export class CertificateManager {
   }
 
   /** Marks an on-demand name as just used. */
-  #touch (domain: Domain): void {
-    this.#recent.delete(domain.name)
-    this.#recent.set(domain.name, domain)
+  #touch (site: Site): void {
+    this.#recent.delete(site.name)
+    this.#recent.set(site.name, site)
   }
 
   /** Drops the least recently used on-demand names beyond cacheSize; the store still has their certificates. */
   #evict (): void {
     const { cacheSize } = this.#opts.onDemand as OnDemandOptions
-    for (const domain of this.#recent.values()) {
+    for (const site of this.#recent.values()) {
       if (this.#recent.size <= cacheSize) return
       // Work in flight finishes first; the next name added evicts it.
-      if (domain.ordering === undefined && domain.loading === undefined) this.#drop(domain)
+      if (site.slots.every((slot) => slot.ordering === undefined && slot.loading === undefined)) this.#drop(site)
     }
   }
 
-  #drop (domain: Domain): void {
-    clearTimeout(domain.timer)
-    domain.timer = undefined
-    this.#recent.delete(domain.name)
-    this.#domains.delete(domain.name)
+  #drop (site: Site): void {
+    for (const slot of site.slots) {
+      clearTimeout(slot.timer)
+      slot.timer = undefined
+    }
+    this.#recent.delete(site.name)
+    this.#sites.delete(site.name)
+  }
+
+  /**
+   * The TLS context of `slot`'s certificate. A stored bundle whose key does not
+   * match is found here, when its context is first built: it is never served,
+   * and a fresh order replaces it.
+   */
+  async #context (slot: Slot): Promise<SecureContext> {
+    const cert = await this.#certificate(slot)
+    if (slot.context !== undefined && slot.cert === cert) return slot.context
+    try {
+      slot.context = toSecureContext(cert)
+    } catch (err) {
+      this.#opts.log.warn({ domain: slot.name, blob: slot.key, error: errorFields(err) }, 'ignoring unusable stored certificate')
+      slot.reported = true
+      slot.rejected = cert.serial
+      slot.cert = undefined
+      slot.context = toSecureContext(await this.#order(slot, false))
+    }
+    return slot.context
   }
 
   /** A live certificate: memory, then store, then a new order. */
-  async #certificate (domain: Domain): Promise<Certificate> {
-    if (live(domain.cert)) return domain.cert
+  async #certificate (slot: Slot): Promise<Certificate> {
+    if (live(slot.cert)) return slot.cert
     // In backoff (or waiting for the order budget): refuse from memory. The store
     // is still looked at now and then, since another instance may have succeeded.
     const now = Date.now()
-    if (domain.retryAt !== undefined && domain.retryAt > now) {
-      if (now - (domain.checkedAt ?? 0) < BACKOFF_RECHECK) throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(domain.retryAt).toISOString())
-      domain.checkedAt = now
-      const stored = await this.#load(domain)
+    if (slot.retryAt !== undefined && slot.retryAt > now) {
+      if (now - (slot.checkedAt ?? 0) < BACKOFF_RECHECK) throw new FST_AUTOCERT_BACKOFF(slot.name, new Date(slot.retryAt).toISOString())
+      slot.checkedAt = now
+      const stored = await this.#load(slot)
       if (stored !== undefined) return stored
-      throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(domain.retryAt).toISOString())
+      throw new FST_AUTOCERT_BACKOFF(slot.name, new Date(slot.retryAt).toISOString())
     }
-    const cert = await this.#load(domain)
+    const cert = await this.#load(slot)
     if (cert !== undefined && live(cert)) return cert
-    return this.#order(domain, false)
+    return this.#order(slot, false)
   }
 
   /** Reads the store (one read in flight per name) and adopts a live certificate found there. */
-  #load (domain: Domain): Promise<Certificate | undefined> {
-    domain.loading ??= this.#read(domain).finally(() => { domain.loading = undefined })
-    return domain.loading
+  #load (slot: Slot): Promise<Certificate | undefined> {
+    slot.loading ??= this.#read(slot).finally(() => { slot.loading = undefined })
+    return slot.loading
   }
 
-  async #read (domain: Domain): Promise<Certificate | undefined> {
+  async #read (slot: Slot): Promise<Certificate | undefined> {
     const { store, log } = this.#opts
     // A read that just failed is not repeated for every handshake that follows.
-    if (domain.readError !== undefined && Date.now() - domain.readError.at < READ_ERROR_TTL) throw domain.readError.err
+    if (slot.readError !== undefined && Date.now() - slot.readError.at < READ_ERROR_TTL) throw slot.readError.err
     let cert: Certificate
     try {
-      const data = await store.get(domain.name)
+      const data = await store.get(slot.key)
       if (data === undefined) return undefined
-      cert = decodeBundle(domain.name, domain.name, data)
+      cert = decodeBundle(slot.name, slot.key, data)
     } catch (err) {
       if (isCorrupt(err)) {
         // Never served; the next order replaces it. Logged once, not at every read.
-        if (!domain.reported) log.warn({ domain: domain.name, blob: domain.name, error: errorFields(err) }, 'ignoring unusable stored certificate')
-        domain.reported = true
+        if (!slot.reported) log.warn({ domain: slot.name, blob: slot.key, error: errorFields(err) }, 'ignoring unusable stored certificate')
+        slot.reported = true
         return undefined
       }
       // An unreachable store is an error, never a miss: no order on an outage.
-      this.#fail(domain, err)
-      domain.readError = { err, at: Date.now() }
-      log.error({ domain: domain.name, error: errorFields(err) }, 'certificate store read failed')
+      this.#fail(slot, err)
+      slot.readError = { err, at: Date.now() }
+      log.error({ domain: slot.name, error: errorFields(err) }, 'certificate store read failed')
       throw err
     }
-    domain.readError = undefined
-    if (cert.serial === domain.rejected) return undefined
+    slot.readError = undefined
+    if (cert.serial === slot.rejected) return undefined
     if (!live(cert)) {
-      if (!domain.reported) log.info({ ...certFields(cert), blob: domain.name }, 'stored certificate has expired')
-      domain.reported = true
+      if (!slot.reported) log.info({ ...certFields(slot, cert), blob: slot.key }, 'stored certificate has expired')
+      slot.reported = true
       return undefined
     }
-    if (domain.cert === undefined || newer(cert, domain.cert)) {
-      this.#adopt(domain, cert)
-      log.info(certFields(cert), 'certificate loaded')
-      this.#emit('loaded', certEvent(cert))
+    if (slot.cert === undefined || newer(cert, slot.cert)) {
+      this.#adopt(slot, cert)
+      log.info(certFields(slot, cert), 'certificate loaded')
+      this.#emit('loaded', certEvent(slot, cert))
     }
-    return domain.cert
+    return slot.cert
   }
 
   /** One order in flight per name, in this process; the store lock makes it one per fleet. */
-  #order (domain: Domain, force: boolean): Promise<Certificate> {
-    domain.ordering ??= this.#orderLocked(domain, force).finally(() => { domain.ordering = undefined })
-    return domain.ordering
+  #order (slot: Slot, force: boolean): Promise<Certificate> {
+    slot.ordering ??= this.#orderLocked(slot, force).finally(() => { slot.ordering = undefined })
+    return slot.ordering
   }
 
-  async #orderLocked (domain: Domain, force: boolean): Promise<Certificate> {
+  async #orderLocked (slot: Slot, force: boolean): Promise<Certificate> {
     const { store, issuer, log } = this.#opts
-    const { name } = domain
+    const { name } = slot
     const closing = this.#closing.signal
     closing.throwIfAborted()
-    if (!force && domain.retryAt !== undefined && domain.retryAt > Date.now()) {
-      throw new FST_AUTOCERT_BACKOFF(name, new Date(domain.retryAt).toISOString())
+    if (!force && slot.retryAt !== undefined && slot.retryAt > Date.now()) {
+      throw new FST_AUTOCERT_BACKOFF(name, new Date(slot.retryAt).toISOString())
     }
-    const had = domain.cert
+    const had = slot.cert
     // The account lookup (CA round trips) overlaps the wait for the lock.
     issuer.prepare?.()
-    const lock = await this.#lock(domain)
+    const lock = await this.#lock(slot)
     let issued: Certificate | undefined
     // A first certificate has a handshake waiting: the budget's lock is taken while
     // the name's records are read, a few round trips less before the CA is asked
@@ -420,46 +475,46 @@ export class CertificateManager {
     try {
       // Another instance may have obtained it while we waited for the lock, or failed.
       const [stored, failure] = await Promise.all([
-        this.#read(domain),
-        force ? undefined : readRecord(store, failureKey(name))
+        this.#read(slot),
+        force ? undefined : readRecord(store, failureKey(slot.key))
       ])
-      if (stored !== undefined && (force ? stored !== had : !due(domain))) {
+      if (stored !== undefined && (force ? stored !== had : !due(slot))) {
         // A retry timer may have replaced the renewal timer: arm it again.
-        if (domain.timer === undefined) this.#schedule(domain, domain.renewAt as number)
+        if (slot.timer === undefined) this.#schedule(slot, slot.renewAt as number)
         return stored
       }
-      if (!force) this.#checkBackoff(domain, parseFailure(failure))
+      if (!force) this.#checkBackoff(slot, parseFailure(failure))
       budget ??= this.#openOrderLog()
-      await this.#takeOrderSlot(domain, await budget)
+      await this.#takeOrderSlot(slot, await budget)
 
       log.info({ domain: name }, 'ordering certificate')
       try {
         // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
-        const { key, chain } = await untilAborted(issuer.issue(name, AbortSignal.any([closing, lock.signal])), closing)
-        issued = decodeBundle(name, name, encodeBundle({ key, chain }))
+        const { key, chain } = await untilAborted(issuer.issue(name, slot.type, AbortSignal.any([closing, lock.signal])), closing)
+        issued = decodeBundle(name, slot.key, encodeBundle({ key, chain }))
       } catch (err) {
         if (closing.aborted) throw closing.reason
-        await this.#recordFailure(domain, err, lock.signal)
+        await this.#recordFailure(slot, err, lock.signal)
         throw Object.assign(new FST_AUTOCERT_ORDER_FAILED(name, errorMessage(err)), { cause: err })
       }
       // Served from now on, whatever happens to the write.
-      this.#adopt(domain, issued)
-      log.info(certFields(issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
-      if (had === undefined) this.#emit('obtained', certEvent(issued))
-      else this.#emit('renewed', { ...certEvent(issued), previousSerial: had.serial })
+      this.#adopt(slot, issued)
+      log.info(certFields(slot, issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
+      if (had === undefined) this.#emit('obtained', certEvent(slot, issued))
+      else this.#emit('renewed', { ...certEvent(slot, issued), previousSerial: had.serial })
       if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
-      await store.put(name, encodeBundle(issued))
-      domain.unsaved = false
-      await store.delete(failureKey(name)).catch(() => {})
+      await store.put(slot.key, encodeBundle(issued))
+      slot.unsaved = false
+      await store.delete(failureKey(slot.key)).catch(() => {})
       return issued
     } catch (err) {
       if (issued === undefined) throw err
       // Issued but not stored (the store went away, or the lease lapsed): keep
       // it, serve it, and write it once the store answers — a second order would
       // cost the CA's rate limits. #persist checks no newer one arrived meanwhile.
-      domain.unsaved = true
+      slot.unsaved = true
       log.warn({ domain: name, error: errorFields(err) }, 'certificate not stored yet; will retry')
-      this.#schedule(domain, Date.now() + retryDelay(1, this.#opts.retryDelays))
+      this.#schedule(slot, Date.now() + retryDelay(1, this.#opts.retryDelays))
       return issued
     } finally {
       await Promise.all([lock.release(), budget?.then((log) => log.lock.release(), () => {})])
@@ -467,20 +522,20 @@ export class CertificateManager {
   }
 
   /** Writes a certificate issued while the store was unreachable, unless the store now holds a newer one. */
-  async #persist (domain: Domain): Promise<void> {
-    const cert = domain.cert as Certificate
-    const lock = await this.#lock(domain)
+  async #persist (slot: Slot): Promise<void> {
+    const cert = slot.cert as Certificate
+    const lock = await this.#lock(slot)
     try {
       // #read adopts the stored certificate if it is newer than ours.
-      await this.#read(domain)
-      const ours = domain.cert === cert
+      await this.#read(slot)
+      const ours = slot.cert === cert
       if (ours) {
         lock.signal.throwIfAborted()
-        await this.#opts.store.put(domain.name, encodeBundle(cert))
-        this.#schedule(domain, domain.renewAt as number)
+        await this.#opts.store.put(slot.key, encodeBundle(cert))
+        this.#schedule(slot, slot.renewAt as number)
       }
-      domain.unsaved = false
-      this.#opts.log.info(certFields(domain.cert as Certificate), ours ? 'certificate stored' : 'adopted a newer stored certificate')
+      slot.unsaved = false
+      this.#opts.log.info(certFields(slot, slot.cert as Certificate), ours ? 'certificate stored' : 'adopted a newer stored certificate')
     } finally {
       await lock.release()
     }
@@ -504,15 +559,15 @@ export class CertificateManager {
   }
 
   /** Counts this order in the budget, or postpones it when the hour's budget is spent. */
-  async #takeOrderSlot (domain: Domain, { lock, recent }: { lock: Lock, recent: number[] }): Promise<void> {
+  async #takeOrderSlot (slot: Slot, { lock, recent }: { lock: Lock, recent: number[] }): Promise<void> {
     const { store, maxOrdersPerHour } = this.#opts
     if (recent.length >= maxOrdersPerHour) {
       // Not the domain's failure (no failure record): it waits for the next free slot.
       const retryAt = recent[0] + HOUR
-      const err = new FST_AUTOCERT_RATE_LIMITED(domain.name, maxOrdersPerHour, new Date(retryAt).toISOString())
-      domain.lastError = { message: err.message, at: Date.now() }
-      this.#backoff(domain, retryAt, 'budget')
-      this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
+      const err = new FST_AUTOCERT_RATE_LIMITED(slot.name, maxOrdersPerHour, new Date(retryAt).toISOString())
+      slot.lastError = { message: err.message, at: Date.now() }
+      this.#backoff(slot, retryAt, 'budget')
+      this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), maxOrdersPerHour }, 'order budget used up: order postponed')
       throw err
     }
     lock.signal.throwIfAborted()
@@ -522,71 +577,72 @@ export class CertificateManager {
   }
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
-  #checkBackoff (domain: Domain, record: FailureRecord | undefined): void {
+  #checkBackoff (slot: Slot, record: FailureRecord | undefined): void {
     if (record !== undefined && record.retryAt > Date.now()) {
-      domain.lastError = { message: record.error, at: record.at }
-      this.#backoff(domain, record.retryAt, 'failures')
-      throw new FST_AUTOCERT_BACKOFF(domain.name, new Date(record.retryAt).toISOString())
+      slot.lastError = { message: record.error, at: record.at }
+      this.#backoff(slot, record.retryAt, 'failures')
+      throw new FST_AUTOCERT_BACKOFF(slot.name, new Date(record.retryAt).toISOString())
     }
   }
 
-  async #recordFailure (domain: Domain, err: unknown, lockSignal: AbortSignal): Promise<void> {
+  async #recordFailure (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<void> {
     const { store, log, retryDelays } = this.#opts
-    const previous = parseFailure(await store.get(failureKey(domain.name)).catch(() => undefined))
+    const previous = parseFailure(await store.get(failureKey(slot.key)).catch(() => undefined))
     const failures = (previous?.failures ?? 0) + 1
     const at = Date.now()
     const retryAt = at + retryDelay(failures, retryDelays)
     const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt }
-    if (!lockSignal.aborted) await store.put(failureKey(domain.name), JSON.stringify(record)).catch(() => {})
-    this.#fail(domain, err, retryAt)
-    this.#backoff(domain, retryAt, 'failures')
-    log.error({ domain: domain.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
+    if (!lockSignal.aborted) await store.put(failureKey(slot.key), JSON.stringify(record)).catch(() => {})
+    this.#fail(slot, err, retryAt)
+    this.#backoff(slot, retryAt, 'failures')
+    log.error({ domain: slot.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
   }
 
-  #adopt (domain: Domain, cert: Certificate): void {
-    domain.cert = cert
-    domain.context = undefined
-    domain.reported = false
-    domain.lastError = undefined
-    domain.retryAt = undefined
-    domain.renewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
-    this.#schedule(domain, domain.renewAt)
+  #adopt (slot: Slot, cert: Certificate): void {
+    slot.cert = cert
+    slot.context = undefined
+    slot.site.contexts = undefined
+    slot.reported = false
+    slot.lastError = undefined
+    slot.retryAt = undefined
+    slot.renewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
+    this.#schedule(slot, slot.renewAt)
   }
 
   /** The domain's lock, recorded as this instance's; status() shows who holds it while this instance holds or waits for it. */
-  async #lock (domain: Domain): Promise<Lock> {
+  async #lock (slot: Slot): Promise<Lock> {
     const { store, instanceId } = this.#opts
     const onWait = (holder: string | undefined): void => {
-      domain.lockHolder = holder ?? 'unknown'
-      this.#emit('lock-wait', { domain: domain.name, holder })
+      slot.lockHolder = holder ?? 'unknown'
+      this.#emit('lock-wait', { domain: slot.name, holder })
     }
     let lock: Lock
     try {
-      lock = await store.lock(domain.name, this.#closing.signal, { holder: instanceId, onWait })
+      lock = await store.lock(slot.key, this.#closing.signal, { holder: instanceId, onWait })
     } finally {
-      domain.lockHolder = undefined
+      slot.lockHolder = undefined
     }
-    domain.lockHolder = instanceId
+    slot.lockHolder = instanceId
     return {
       signal: lock.signal,
       release: async () => {
-        domain.lockHolder = undefined
+        slot.lockHolder = undefined
         await lock.release()
       }
     }
   }
 
-  #fail (domain: Domain, err: unknown, retryAt?: number): void {
-    domain.lastError = { message: errorMessage(err), at: Date.now() }
+  #fail (slot: Slot, err: unknown, retryAt?: number): void {
+    slot.lastError = { message: errorMessage(err), at: Date.now() }
     const code = (err as { code?: unknown }).code
-    this.#emit('failed', { domain: domain.name, error: { message: errorMessage(err), code: typeof code === 'string' ? code : undefined }, retryAt: date(retryAt) })
+    this.#emit('failed', { domain: slot.name, error: { message: errorMessage(err), code: typeof code === 'string' ? code : undefined }, retryAt: date(retryAt) })
   }
 
   /** No order before `retryAt` (the shared failure backoff, or the order budget); a retry is scheduled for then. */
-  #backoff (domain: Domain, retryAt: number, reason: 'failures' | 'budget'): void {
-    domain.retryAt = retryAt
-    this.#schedule(domain, retryAt)
-    this.#emit('backoff', { domain: domain.name, retryAt: new Date(retryAt), reason })
+  #backoff (slot: Slot, retryAt: number, reason: 'failures' | 'budget'): void {
+    slot.retryAt = retryAt
+    this.#schedule(slot, retryAt)
+    this.#emit('backoff', { domain: slot.name, retryAt: new Date(retryAt), reason })
   }
 
   /** A listener that throws must not break the work that emitted. */
@@ -599,29 +655,29 @@ export class CertificateManager {
   }
 
   /** One timer per domain: at `at`, renew (or retry) through the same path as a handshake. */
-  #schedule (domain: Domain, at: number): void {
-    clearTimeout(domain.timer)
-    domain.timer = undefined
-    domain.nextAt = at
+  #schedule (slot: Slot, at: number): void {
+    clearTimeout(slot.timer)
+    slot.timer = undefined
+    slot.nextAt = at
     // Before start() (the server listens) timers are only noted: a CA validation would find no listener.
     if (this.#closing.signal.aborted || !this.#started) return
     const wait = Math.max(0, at - Date.now())
-    domain.timer = setTimeout(() => {
-      if (wait > MAX_TIMER) return this.#schedule(domain, at)
-      domain.timer = undefined
-      domain.nextAt = undefined
-      void this.#background(domain, domain.unsaved === true ? this.#persist(domain) : this.#renewal(domain))
+    slot.timer = setTimeout(() => {
+      if (wait > MAX_TIMER) return this.#schedule(slot, at)
+      slot.timer = undefined
+      slot.nextAt = undefined
+      void this.#background(slot, slot.unsaved === true ? this.#persist(slot) : this.#renewal(slot))
     }, Math.min(wait, MAX_TIMER)).unref()
   }
 
   /** A renewal (or retry) a timer asked for. An on-demand name is renewed only while allow() still says yes. */
-  async #renewal (domain: Domain): Promise<void> {
-    if (domain.onDemand && !(await this.#decide(domain.name, true))) {
-      this.#opts.log.info({ domain: domain.name }, 'on-demand name no longer allowed: not renewed')
-      this.#drop(domain)
+  async #renewal (slot: Slot): Promise<void> {
+    if (slot.site.onDemand && !(await this.#decide(slot.name, true))) {
+      this.#opts.log.info({ domain: slot.name }, 'on-demand name no longer allowed: not renewed')
+      this.#drop(slot.site)
       return
     }
-    await this.#order(domain, false)
+    await this.#order(slot, false)
   }
 
   /**
@@ -629,20 +685,20 @@ export class CertificateManager {
    * the log and in status(); when it left no retry scheduled (the store was
    * unreachable, say), try again after the first backoff step.
    */
-  async #background (domain: Domain, work: Promise<unknown>): Promise<void> {
+  async #background (slot: Slot, work: Promise<unknown>): Promise<void> {
     try {
       await work
     } catch (err) {
-      if (domain.timer !== undefined || this.#closing.signal.aborted) return
+      if (slot.timer !== undefined || this.#closing.signal.aborted) return
       const retryAt = Date.now() + retryDelay(1, this.#opts.retryDelays)
-      this.#fail(domain, err, retryAt)
-      this.#opts.log.warn({ domain: domain.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate work failed; will retry')
-      this.#schedule(domain, retryAt)
+      this.#fail(slot, err, retryAt)
+      this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate work failed; will retry')
+      this.#schedule(slot, retryAt)
     }
   }
 
-  async #eachDomain (fn: (domain: Domain) => Promise<void>): Promise<void> {
-    const queue = [...this.#domains.values()]
+  async #eachSlot (fn: (slot: Slot) => Promise<void>): Promise<void> {
+    const queue = [...this.#slots()].filter((slot) => slot.site.onDemand === undefined)
     const worker = async (): Promise<void> => {
       for (let d = queue.shift(); d !== undefined && !this.#closing.signal.aborted; d = queue.shift()) await fn(d)
     }
@@ -659,12 +715,30 @@ export class CertificateManager {
   }
 }
 
+/** The part of a TLSSocket that installs a further certificate (another key type) for its handshake. */
+export interface KeyCertSocket {
+  setKeyCert?: (context: SecureContext) => void
+}
+
+/**
+ * Answers an SNICallback with `contexts`, one per key type. Node takes only
+ * the current certificate of a context an SNICallback returns, never the
+ * others of the same context (nodejs/node#54235), so the further ones are
+ * installed on the socket first, each into its key type's slot, and OpenSSL
+ * picks per client. The primary goes last: it is the one a client that
+ * supports both gets.
+ */
+function serve (contexts: readonly SecureContext[], cb: (err: Error | null, ctx?: SecureContext) => void, socket: KeyCertSocket | undefined): void {
+  for (let i = 1; i < contexts.length; i++) socket?.setKeyCert?.(contexts[i])
+  cb(null, contexts[0])
+}
+
 function live (cert: Certificate | undefined): cert is Certificate {
   return cert !== undefined && cert.notAfter > Date.now()
 }
 
-function due (domain: Domain): boolean {
-  return domain.renewAt === undefined || domain.renewAt <= Date.now()
+function due (slot: Slot): boolean {
+  return slot.renewAt === undefined || slot.renewAt <= Date.now()
 }
 
 function date (ms: number | undefined): Date | undefined {
@@ -709,12 +783,12 @@ function parseFailure (data: Buffer | undefined): FailureRecord | undefined {
   }
 }
 
-function certEvent (cert: Certificate): CertificateEvent {
-  return { domain: cert.name, serial: cert.serial, notAfter: new Date(cert.notAfter) }
+function certEvent (slot: Slot, cert: Certificate): CertificateEvent {
+  return { domain: cert.name, keyType: slot.type, serial: cert.serial, notAfter: new Date(cert.notAfter) }
 }
 
-function certFields (cert: Certificate): object {
-  return { domain: cert.name, serial: cert.serial, notAfter: new Date(cert.notAfter) }
+function certFields (slot: Slot, cert: Certificate): object {
+  return { domain: cert.name, keyType: slot.type, serial: cert.serial, notAfter: new Date(cert.notAfter) }
 }
 
 function errorMessage (err: unknown): string {

@@ -44,8 +44,14 @@ export interface AutocertOptions {
   email?: string
   /** `'production'` (Let's Encrypt, the default), `'staging'` (Let's Encrypt staging) or an https:// ACME directory URL. */
   directoryUrl?: string
-  /** Key of each certificate: `'ecdsa'` (P-256, the default) or `'rsa'` (2048 bits). The account key is always P-256. */
-  keyType?: KeyType
+  /**
+   * Key of each certificate: `'ecdsa'` (P-256, the default), `'rsa'` (2048 bits),
+   * or both, `['ecdsa', 'rsa']`: each name then has one certificate of each kind
+   * in one TLS context, and OpenSSL serves the first kind the client supports
+   * (old clients that cannot do ECDSA get RSA). Each kind is its own order.
+   * The account key is always P-256.
+   */
+  keyType?: KeyType | KeyType[]
   /** Renew when this much validity remains (milliseconds). Default: a third of the lifetime, at most 30 days. */
   renewBefore?: number
   /** Waits after 1, 2, 3... consecutive failed orders (milliseconds; the last repeats). Default: 1 min, 10 min, 20 min, 30 min, 1 h, 2 h, 6 h. */
@@ -89,7 +95,8 @@ export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'direct
   /** The plugin built the store, so it closes it. */
   ownsStore: boolean
   directoryUrl: string
-  keyType: KeyType
+  /** options.keyType as a list, without repeats. */
+  keyTypes: KeyType[]
   concurrency: number
   maxOrdersPerHour: number
 }
@@ -116,8 +123,9 @@ export function validate (options: AutocertOptions): ResolvedOptions {
   if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
     throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
   }
-  const keyType = options.keyType ?? 'ecdsa'
-  if (keyType !== 'ecdsa' && keyType !== 'rsa') throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(keyType))
+  const keyTypes = [...new Set(Array.isArray(options.keyType) ? options.keyType : [options.keyType ?? 'ecdsa'])]
+  const badType = keyTypes.find((type) => type !== 'ecdsa' && type !== 'rsa')
+  if (keyTypes.length === 0 || badType !== undefined) throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(badType ?? options.keyType))
   if (renewBefore !== undefined && !(Number.isFinite(renewBefore) && renewBefore > 0)) {
     throw new FST_AUTOCERT_INVALID_OPTION('renewBefore', 'must be a positive number of milliseconds')
   }
@@ -160,7 +168,7 @@ export function validate (options: AutocertOptions): ResolvedOptions {
     instanceId,
     store,
     ownsStore,
-    keyType,
+    keyTypes,
     concurrency,
     maxOrdersPerHour,
     directoryUrl: directoryUrl(options.directoryUrl)

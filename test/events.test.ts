@@ -31,7 +31,7 @@ t.test('events and status() for operators, on real Pebble and real Azurite', asy
     const served = await handshake(first.port, 'a.example.test', root)
     serial = served.serial
     const obtained = seen1.find((e) => e.event === 'obtained')?.payload
-    t.same(obtained, { domain: 'a.example.test', serial, notAfter: served.validTo })
+    t.same(obtained, { domain: 'a.example.test', keyType: 'ecdsa', serial, notAfter: served.validTo })
     t.ok(first.logs.some((l) => l.msg === 'an autocert event listener threw'), 'the throwing listener is logged')
     t.same(holderAtObtained, ['instance-1'], 'status() names this instance as the lock holder while it orders')
     t.equal(first.app.autocert.status()[0].lockHolder, undefined, 'and no one once it is done')
@@ -48,7 +48,7 @@ t.test('events and status() for operators, on real Pebble and real Azurite', asy
   await t.test('renewed: with the serial replaced', async (t) => {
     const renewed = await first.app.autocert.renew('a.example.test')
     const event = seen1.find((e) => e.event === 'renewed')?.payload
-    t.same(event, { domain: 'a.example.test', serial: renewed.serial, notAfter: renewed.notAfter, previousSerial: serial })
+    t.same(event, { domain: 'a.example.test', keyType: 'ecdsa', serial: renewed.serial, notAfter: renewed.notAfter, previousSerial: serial })
   })
 
   await t.test('lock-wait: who holds the lock, in the event and in status()', async (t) => {

@@ -45,7 +45,7 @@ t.test('npm run example: the playground obtains, serves, verifies and stores a c
   t.equal(code, 0, 'exits 0 after the self-check', { output })
   const serial = /^ +serial ([0-9A-F]+), valid to/m.exec(output)?.[1]
   t.ok(serial, 'prints the serial of the certificate served', { output })
-  t.match(output, new RegExp(`certificate obtained domain=www\\.example\\.test serial=${serial} `),
+  t.match(output, new RegExp(`certificate obtained domain=www\\.example\\.test keyType=ecdsa serial=${serial} `),
     'the served certificate is the one the server logged as obtained')
   t.match(output, /TLS +verified: the chain verifies against this run's Pebble root/, 'says it verified')
   t.match(output, /stored in +container autocertcache, blob www\.example\.test/, 'says where it is stored')

@@ -2,8 +2,8 @@
 // every line marked @ts-expect-error must fail to compile, the rest must pass.
 import Fastify from 'fastify'
 import autocert, {
-  AzureBlobStore, FileStore, MemoryStore, SNICallback,
-  type Autocert, type AutocertOptions, type CertificateInfo, type CertStore, type DomainStatus
+  AzureBlobStore, createAutocert, FileStore, MemoryStore, SNICallback,
+  type Autocert, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus
 } from '../lib'
 
 export async function surface (): Promise<void> {
@@ -16,6 +16,21 @@ export async function surface (): Promise<void> {
   const renewAt: Date | undefined = status[0].renewAt
   void notAfter
   void renewAt
+  app.autocert.on('renewed', (event) => { const previous: string = event.previousSerial; void previous })
+    .on('backoff', (event) => { const reason: 'failures' | 'budget' = event.reason; void reason })
+    .on('lock-wait', (event) => { const holder: string | undefined = event.holder; void holder })
+  // @ts-expect-error events are a closed set
+  app.autocert.on('expired', () => {})
+  // @ts-expect-error an obtained event has no previous serial
+  app.autocert.on('obtained', (event) => event.previousSerial)
+
+  const standalone: AutocertServer = createAutocert({
+    domains: [], onDemand: { allow: async (name) => name.endsWith('.example.com') }, store: new MemoryStore(), termsOfServiceAgreed: true, keyType: ['ecdsa', 'rsa']
+  })
+  const keyType: 'ecdsa' | 'rsa' = standalone.status()[0].keyType
+  void keyType
+  // @ts-expect-error allow() answers with a boolean
+  createAutocert({ domains: [], onDemand: { allow: async () => 'yes' }, store: new MemoryStore(), termsOfServiceAgreed: true })
 
   const store: CertStore = new FileStore('/var/lib/autocert')
   const options: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'rsa', http01: { port: 80 } }

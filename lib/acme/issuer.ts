@@ -9,7 +9,6 @@ export type KeyType = 'ecdsa' | 'rsa'
 export interface IssuerOptions {
   directoryUrl: string
   email?: string
-  keyType: KeyType
   externalAccountBinding?: { kid: string, hmacKey: string }
   store: CertStore
   challenges: Http01Challenges
@@ -60,17 +59,17 @@ export class Issuer {
   }
 
   /** Orders a certificate for `name`; resolves with its PEM key and chain. */
-  issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+  issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }> {
     installRequestGuard()
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
-    return ordering.run(bounded, () => this.#issue(name, bounded))
+    return ordering.run(bounded, () => this.#issue(name, keyType, bounded))
   }
 
-  async #issue (name: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+  async #issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }> {
     // The key and CSR (about 10 ms of CPU) are made while the account is looked up.
     const [client, [key, csr]] = await Promise.all([
       this.#account(signal),
-      this.#newKey().then((key) => acme.crypto.createCsr({ commonName: name, altNames: [name] }, key))
+      newKey(keyType).then((key) => acme.crypto.createCsr({ commonName: name, altNames: [name] }, key))
     ])
     let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
     const pending = (await client.getAuthorizations(order)).filter((authz) => authz.status !== 'valid')
@@ -108,12 +107,6 @@ export class Issuer {
       if (attempt > 0) await sleep(Math.min(50 * 2 ** attempt, 2000), signal)
       order = await client.getOrder(order)
     }
-  }
-
-  #newKey (): Promise<Buffer> {
-    return this.#opts.keyType === 'rsa'
-      ? acme.crypto.createPrivateRsaKey(2048)
-      : acme.crypto.createPrivateEcdsaKey('P-256')
   }
 
   /**
@@ -187,4 +180,8 @@ async function problem (client: acme.Client, order: acme.Order): Promise<string>
     if (error !== undefined) return `${authz.identifier.value}: ${error.detail ?? error.type ?? 'validation failed'}`
   }
   return 'the CA marked the order invalid'
+}
+
+function newKey (keyType: KeyType): Promise<Buffer> {
+  return keyType === 'rsa' ? acme.crypto.createPrivateRsaKey(2048) : acme.crypto.createPrivateEcdsaKey('P-256')
 }
