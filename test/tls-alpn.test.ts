@@ -9,7 +9,7 @@ import * as acme from 'acme-client'
 import type { Authorization } from 'acme-client'
 import Fastify from 'fastify'
 import t from 'tap'
-import autocert, { ALPNCallback, AzureBlobStore, createAutocert, SNICallback, type AutocertOptions, type CertStore, type Logger } from '../lib'
+import autocert, { ALPNCallback, AzureBlobStore, createAutocert, MemoryStore, SNICallback, type AutocertOptions, type CertStore, type Logger } from '../lib'
 import { TlsAlpn01Challenges } from '../lib/acme/tls-alpn'
 import { eventually, spyStore } from './helpers/app'
 import { sendClientHello } from './helpers/client-hello'
@@ -256,4 +256,33 @@ t.test('TLS-ALPN-01 on the HTTPS port, with port 80 closed', async (t) => {
   })
 
   t.notOk(logs.some((l) => l.includes('PRIVATE KEY')), 'no key in the app logs')
+})
+
+t.test('a challenge lookup that fails, or finds unusable data, fails the handshake and is logged', async (t) => {
+  const inner = new MemoryStore()
+  const store: CertStore = {
+    get: async (key) => {
+      if (key === 'down.example.test+tls-alpn-01') throw new Error('store unavailable')
+      return await inner.get(key)
+    },
+    put: async (key, value) => { await inner.put(key, value) },
+    delete: async (key) => { await inner.delete(key) },
+    list: async (prefix) => await inner.list(prefix),
+    lock: async (key, signal) => await inner.lock(key, signal)
+  }
+  await inner.put('corrupt.example.test+tls-alpn-01', 'not a certificate')
+  const log = memoryLogger()
+  // No start(): nothing is ordered, only challenges are looked up.
+  const server = createAutocert({ domains: ['x.example.test'], store, termsOfServiceAgreed: true, challenges: ['tls-alpn-01'], logger: log })
+  await server.ready()
+  const httpsServer = https.createServer({ SNICallback: server.SNICallback, ALPNCallback: server.ALPNCallback })
+  await new Promise<void>((resolve) => httpsServer.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    await new Promise((resolve) => httpsServer.close(resolve))
+    await server.close()
+  })
+  for (const name of ['down.example.test', 'corrupt.example.test']) {
+    await t.rejects(probe(listening(httpsServer), name, ACME_TLS), `${name}: refused`)
+  }
+  t.match(log.lines.filter((l) => l.startsWith('ACME challenge lookup failed')), [/store unavailable/, /FST_AUTOCERT_CORRUPT|no private key/])
 })
