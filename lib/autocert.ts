@@ -3,7 +3,9 @@ import type { AddressInfo } from 'node:net'
 import type { SecureContext, TLSSocket } from 'node:tls'
 import { Http01Challenges } from './acme/challenges'
 import { ACCOUNT_KEY, Issuer } from './acme/issuer'
+import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
 import type { Certificate } from './certificate'
+import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
 import { CertificateManager, type AutocertEvents, type DomainStatus, type Logger } from './manager'
 import { normalizeName } from './names'
 import { validate, type AutocertOptions, type ResolvedOptions } from './options'
@@ -47,6 +49,12 @@ export interface AutocertServer extends Autocert {
   /** Pass to `https.createServer({ SNICallback })`: selects each connection's certificate. */
   readonly SNICallback: SNICallbackFn
   /**
+   * Pass to `https.createServer({ SNICallback, ALPNCallback })` for TLS-ALPN-01:
+   * takes the CA's acme-tls/1 connections, and selects http/1.1 for the others
+   * as https.createServer does by itself.
+   */
+  readonly ALPNCallback: ALPNCallbackFn
+  /**
    * Answers `GET /.well-known/acme-challenge/<token>` and passes anything else
    * to `next` (Express), or answers it 404 when there is no `next`.
    */
@@ -74,28 +82,33 @@ export function createAutocert (options: AutocertOptions): AutocertServer {
 /** What both front ends share: one manager, its issuer and challenges, the `http01` listener. */
 export class AutocertCore implements AutocertServer {
   readonly manager: CertificateManager
-  readonly challenges: Http01Challenges
   readonly SNICallback: SNICallbackFn
+  readonly ALPNCallback: ALPNCallbackFn
   readonly middleware: ChallengeMiddleware
   readonly #opts: ResolvedOptions
   readonly #log: Logger
   readonly #store: ResolvedOptions['store']
+  readonly #http01: Http01Challenges
+  readonly #tlsAlpn01: TlsAlpn01Challenges
   #server: { address (): AddressInfo | string | null } | undefined
   #companion: Server | undefined
 
-  constructor (opts: ResolvedOptions, log: Logger) {
+  /** `protocols`: the server's own ALPN protocols, preferred first (https.createServer's by default). */
+  constructor (opts: ResolvedOptions, log: Logger, protocols: readonly string[] = ['http/1.1']) {
     this.#opts = opts
     this.#log = log
     this.#store = opts.encryption === undefined ? opts.store : new EncryptedStore(opts.store, opts.encryption)
     // Any well-formed host is looked up, listed here or not: instances of a fleet
     // may list different names, and the CA's request may reach any of them.
-    this.challenges = new Http01Challenges(this.#store)
+    this.#http01 = new Http01Challenges(this.#store)
+    this.#tlsAlpn01 = new TlsAlpn01Challenges(this.#store)
+    const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
     const issuer = new Issuer({
       directoryUrl: opts.directoryUrl,
       email: opts.email,
       externalAccountBinding: opts.externalAccountBinding,
       store: this.#store,
-      challenges: this.challenges
+      solvers: opts.challenges.map((type) => solvers[type])
     })
     this.manager = new CertificateManager({
       domains: opts.domains,
@@ -111,7 +124,12 @@ export class AutocertCore implements AutocertServer {
       onDemand: opts.onDemand
     })
     const { manager } = this
-    this.SNICallback = function (servername, cb) { manager.resolve(servername, cb, this) }
+    const validation = (servername: string): Promise<SecureContext> => this.#validation(servername)
+    this.SNICallback = function (servername, cb) {
+      if (isValidation(this)) validation(servername).then((ctx) => cb(null, ctx), cb)
+      else manager.resolve(servername, cb, this)
+    }
+    this.ALPNCallback = alpnCallback(protocols)
     this.middleware = (req, res, next) => {
       const token = challengeToken(req)
       if (token !== undefined) void this.#answer(token, req.headers.host, res)
@@ -173,12 +191,25 @@ export class AutocertCore implements AutocertServer {
   /** The answer to a challenge request: 200 with the key authorization, 404, or 503 when the store fails. */
   async answerChallenge (token: string, host: string | undefined): Promise<{ status: number, body: string }> {
     try {
-      const answer = await this.challenges.answer(token, host)
+      const answer = await this.#http01.answer(token, host)
       return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
     } catch (err) {
       this.#log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
       return { status: 503, body: 'Service Unavailable' }
     }
+  }
+
+  /** The TLS-ALPN-01 challenge certificate for the CA's acme-tls/1 connection; a rejection fails the handshake. */
+  async #validation (servername: string): Promise<SecureContext> {
+    let context: SecureContext | undefined
+    try {
+      context = await this.#tlsAlpn01.context(servername)
+    } catch (err) {
+      this.#log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+      throw err
+    }
+    if (context === undefined) throw new FST_AUTOCERT_NO_CHALLENGE()
+    return context
   }
 
   async #answer (token: string, host: string | undefined, res: ServerResponse): Promise<void> {

@@ -43,11 +43,16 @@ export const FST_AUTOCERT_INVALID_OPTION = createError<[string, string]>(
 
 export const FST_AUTOCERT_NOT_REGISTERED = createError(
   'FST_AUTOCERT_NOT_REGISTERED',
-  'SNICallback was called on a server where fastify-autocert is not registered: register the plugin on the Fastify instance created with https: { SNICallback }')
+  'SNICallback or ALPNCallback was called on a server where fastify-autocert is not registered: register the plugin on the Fastify instance created with https: { SNICallback }')
 
 export const FST_AUTOCERT_NAME_NOT_ALLOWED = createError<[string]>(
   'FST_AUTOCERT_NAME_NOT_ALLOWED',
   'no certificate is managed for %s: add it to options.domains (or let options.onDemand.allow accept it)',
+  421)
+
+export const FST_AUTOCERT_NO_CHALLENGE = createError(
+  'FST_AUTOCERT_NO_CHALLENGE',
+  'an acme-tls/1 connection asked for a name with no pending TLS-ALPN-01 challenge',
   421)
 
 export const FST_AUTOCERT_ORDER_FAILED = createError<[string, string]>(

@@ -1,6 +1,7 @@
-export { default, SNICallback } from './plugin'
+export { default, SNICallback, ALPNCallback } from './plugin'
 export { createAutocert, CHALLENGE_PATH } from './autocert'
 export type { Autocert, AutocertServer, CertificateInfo, ChallengeMiddleware, SNICallbackFn } from './autocert'
+export type { ALPNCallbackFn } from './acme/tls-alpn'
 export type { AutocertOptions } from './options'
 export type { AutocertEvents, CertificateEvent, DomainStatus, Logger } from './manager'
 export type { CertStore, Lock } from './store/store'

@@ -1,5 +1,6 @@
 import { hostname } from 'node:os'
 import * as acme from 'acme-client'
+import type { ChallengeType } from './acme/challenges'
 import type { KeyType } from './acme/issuer'
 import {
   FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
@@ -72,6 +73,13 @@ export interface AutocertOptions {
    * everything else to https. The CA always validates on port 80. Default: none.
    */
   http01?: { port: number, host?: string }
+  /**
+   * The challenge types to complete, in order of preference: each authorization
+   * uses the first one the CA offers. `'tls-alpn-01'` is answered on the HTTPS
+   * port (443 for the CA) and needs the `ALPNCallback` in the server's options.
+   * Default: `['http-01']`.
+   */
+  challenges?: readonly ChallengeType[]
   /** External account binding, for CAs that require it (ZeroSSL, Google). */
   externalAccountBinding?: { kid: string, hmacKey: string }
   /**
@@ -84,11 +92,12 @@ export interface AutocertOptions {
 
 const OPTION_KEYS = new Set([
   'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
-  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'externalAccountBinding', 'logger',
+  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'challenges', 'externalAccountBinding', 'logger',
   'onDemand', 'instanceId'
 ])
+const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01']
 
-export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour' | 'onDemand' | 'instanceId'> {
+export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour' | 'challenges' | 'onDemand' | 'instanceId'> {
   onDemand?: OnDemandOptions
   instanceId: string
   store: CertStore
@@ -99,6 +108,7 @@ export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'direct
   keyTypes: KeyType[]
   concurrency: number
   maxOrdersPerHour: number
+  challenges: readonly ChallengeType[]
 }
 
 export function validate (options: AutocertOptions): ResolvedOptions {
@@ -153,6 +163,11 @@ export function validate (options: AutocertOptions): ResolvedOptions {
       }
     }
   }
+  const challenges = options.challenges ?? ['http-01']
+  if (!(Array.isArray(challenges) && challenges.length > 0 && challenges.every((c) => CHALLENGE_TYPES.includes(c)) &&
+      new Set(challenges).size === challenges.length)) {
+    throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'must list \'http-01\' and/or \'tls-alpn-01\' once each, in order of preference, e.g. [\'tls-alpn-01\', \'http-01\']')
+  }
   const { logger } = options
   if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
     throw new FST_AUTOCERT_INVALID_OPTION('logger', 'must be a pino-compatible logger with debug, info, warn and error methods')
@@ -171,6 +186,7 @@ export function validate (options: AutocertOptions): ResolvedOptions {
     keyTypes,
     concurrency,
     maxOrdersPerHour,
+    challenges,
     directoryUrl: directoryUrl(options.directoryUrl)
   }
 }

@@ -11,7 +11,7 @@ declare module 'fastify' {
   }
 }
 
-// Which plugin instance serves a TLS server: SNICallback finds it through the socket.
+// Which plugin instance serves a TLS server: SNICallback and ALPNCallback find it through the socket.
 const cores = new WeakMap<object, AutocertCore>()
 // Fastify listening on 'localhost' adds a second server (::1 next to 127.0.0.1)
 // that the plugin never sees: with one instance in the process, it serves there too.
@@ -31,6 +31,16 @@ export function SNICallback (this: TLSSocket, servername: string, cb: (err: Erro
   core.SNICallback.call(this, servername, cb)
 }
 
+/**
+ * For TLS-ALPN-01 (options.challenges), next to SNICallback:
+ * `Fastify({ https: { SNICallback, ALPNCallback } })`. It takes the CA's
+ * acme-tls/1 connections and selects for the others what the server would
+ * select without it: http/1.1, or h2 first with `http2: true`.
+ */
+export function ALPNCallback (this: TLSSocket, hello: { servername: string, protocols: string[] }): string | undefined {
+  return coreOf(this)?.ALPNCallback.call(this, hello)
+}
+
 function coreOf (socket: TLSSocket): AutocertCore | undefined {
   const server = (socket as { server?: object }).server ?? {}
   const core = cores.get(server) ?? (registered.size === 1 ? registered.values().next().value : undefined)
@@ -44,7 +54,11 @@ function coreOf (socket: TLSSocket): AutocertCore | undefined {
 }
 
 const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) => {
-  const core = new AutocertCore(validate(options), options.logger ?? fastify.log)
+  // Node's own ALPN choice for this server, which an ALPNCallback replaces: see
+  // https.createServer and http2.createSecureServer.
+  const { http2, https } = fastify.initialConfig
+  const protocols = http2 === true ? ['h2', ...(typeof https === 'object' && https.allowHTTP1 ? ['http/1.1'] : [])] : ['http/1.1']
+  const core = new AutocertCore(validate(options), options.logger ?? fastify.log, protocols)
   cores.set(fastify.server, core)
   registered.add(core)
 

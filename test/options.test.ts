@@ -1,6 +1,6 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import autocert, { createAutocert, MemoryStore, SNICallback, type AutocertOptions } from '../lib'
+import autocert, { ALPNCallback, createAutocert, MemoryStore, SNICallback, type AutocertOptions } from '../lib'
 import { handshake } from './helpers/tls'
 
 const valid = (): AutocertOptions => ({ domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
@@ -39,6 +39,10 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
     ['empty retryDelays', { retryDelays: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.retryDelays/],
     ['zero concurrency', { concurrency: 0 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.concurrency/],
     ['a bad http01 port', { http01: { port: 70000 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.http01\.port/],
+    ['no challenge type', { challenges: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges must list 'http-01' and\/or 'tls-alpn-01'/],
+    ['challenges not an array', { challenges: 'tls-alpn-01' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges .*e\.g\. \['tls-alpn-01', 'http-01'\]/],
+    ['an unsupported challenge type', { challenges: ['dns-01'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges/],
+    ['a challenge type twice', { challenges: ['http-01', 'http-01'] }, 'FST_AUTOCERT_INVALID_OPTION', /once each/],
     ['a misspelt option', { domain: ['example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domain is not an option/],
     ['onDemand without allow', { onDemand: { allow: true } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.allow must be a function/],
     ['a zero onDemand timeout', { onDemand: { allow: () => true, timeout: 0 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.timeout/],
@@ -56,9 +60,9 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
 })
 
 t.test('valid options are normalised and accepted', async (t) => {
-  for (const directoryUrl of [undefined, 'production', 'staging', 'https://acme.example/dir']) {
+  for (const [directoryUrl, challenges] of [[undefined, undefined], ['production', ['tls-alpn-01']], ['staging', ['tls-alpn-01', 'http-01']], ['https://acme.example/dir', ['http-01']]] as const) {
     const app = Fastify()
-    await app.register(autocert, { ...valid(), domains: ['Example.COM.', 'example.com', 'bücher.example'], directoryUrl })
+    await app.register(autocert, { ...valid(), domains: ['Example.COM.', 'example.com', 'bücher.example'], directoryUrl, challenges })
     await app.ready()
     t.same(app.autocert.status().map((s) => s.domain), ['example.com', 'xn--bcher-kva.example'], 'deduplicated and normalised')
     await app.close()
@@ -88,8 +92,8 @@ t.test('the decorator refuses names it does not manage', async (t) => {
   await t.rejects(app.autocert.renew('../etc'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })
 })
 
-t.test('SNICallback on a server without the plugin fails the handshake with a clear warning', async (t) => {
-  const app = Fastify({ https: { SNICallback } })
+t.test('SNICallback and ALPNCallback on a server without the plugin fail the handshake with a clear warning', async (t) => {
+  const app = Fastify({ https: { SNICallback, ALPNCallback } })
   app.get('/', async () => 'hi')
   await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => app.close())

@@ -1,8 +1,9 @@
 // Type tests of the public surface, checked by `npm run typecheck` (tsc):
 // every line marked @ts-expect-error must fail to compile, the rest must pass.
+import https from 'node:https'
 import Fastify from 'fastify'
 import autocert, {
-  AzureBlobStore, createAutocert, FileStore, MemoryStore, SNICallback,
+  ALPNCallback, AzureBlobStore, createAutocert, FileStore, MemoryStore, SNICallback,
   type Autocert, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus
 } from '../lib'
 
@@ -35,6 +36,15 @@ export async function surface (): Promise<void> {
   const store: CertStore = new FileStore('/var/lib/autocert')
   const options: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'rsa', http01: { port: 80 } }
   void options
+
+  // TLS-ALPN-01: both callbacks, on an https or http2 server.
+  const tlsAlpn: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, challenges: ['tls-alpn-01', 'http-01'] }
+  await Fastify({ https: { SNICallback, ALPNCallback } }).register(autocert, tlsAlpn)
+  await Fastify({ http2: true, https: { allowHTTP1: true, SNICallback, ALPNCallback } }).register(autocert, tlsAlpn)
+  const core = createAutocert(tlsAlpn)
+  void https.createServer({ SNICallback: core.SNICallback, ALPNCallback: core.ALPNCallback })
+  // @ts-expect-error dns-01 is not a challenge type the plugin completes
+  await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, challenges: ['dns-01'] })
 
   // @ts-expect-error the key type is a closed union
   await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'ed25519' })

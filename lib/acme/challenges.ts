@@ -1,5 +1,20 @@
+import type { Authorization } from 'acme-client'
 import { normalizeName } from '../names'
 import type { CertStore } from '../store/store'
+
+/** The challenge types the issuer can complete (options.challenges). */
+export type ChallengeType = 'http-01' | 'tls-alpn-01'
+
+/**
+ * One challenge type. The answer is in the store before the CA is asked to
+ * validate, so whichever instance the CA's request lands on can give it, and
+ * leaves it once the CA is done.
+ */
+export interface ChallengeSolver {
+  readonly type: ChallengeType
+  publish (authz: Authorization, challenge: { token: string }, keyAuthorization: string): Promise<void>
+  withdraw (authz: Authorization, challenge: { token: string }): Promise<void>
+}
 
 // ACME tokens carry at least 128 bits of entropy as base64url (RFC 8555 8.3).
 const TOKEN = /^[A-Za-z0-9_-]{22,128}$/
@@ -17,7 +32,8 @@ interface Pending {
  * HTTP-01 key authorizations. They are written to the store before the CA is
  * asked to validate, so whichever instance the CA's request lands on can answer.
  */
-export class Http01Challenges {
+export class Http01Challenges implements ChallengeSolver {
+  readonly type = 'http-01'
   readonly #store: CertStore
   // Answers this instance published: served without a store round trip.
   readonly #local = new Map<string, Pending>()
@@ -26,13 +42,13 @@ export class Http01Challenges {
     this.#store = store
   }
 
-  async publish (token: string, domain: string, keyAuthorization: string): Promise<void> {
-    const pending: Pending = { domain, keyAuthorization }
+  async publish (authz: Authorization, { token }: { token: string }, keyAuthorization: string): Promise<void> {
+    const pending: Pending = { domain: authz.identifier.value, keyAuthorization }
     this.#local.set(token, pending)
     await this.#store.put(http01Key(token), JSON.stringify(pending))
   }
 
-  async withdraw (token: string): Promise<void> {
+  async withdraw (_authz: Authorization, { token }: { token: string }): Promise<void> {
     this.#local.delete(token)
     await this.#store.delete(http01Key(token))
   }

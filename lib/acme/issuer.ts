@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
 import { sleep, untilAborted } from '../signals'
 import type { CertStore } from '../store/store'
-import type { Http01Challenges } from './challenges'
+import type { ChallengeSolver } from './challenges'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -11,7 +11,8 @@ export interface IssuerOptions {
   email?: string
   externalAccountBinding?: { kid: string, hmacKey: string }
   store: CertStore
-  challenges: Http01Challenges
+  /** In order of preference: each authorization is completed with the first one the CA offers. */
+  solvers: readonly ChallengeSolver[]
 }
 
 /** Store key of the ACME account key, shared by the fleet (Go autocert's name). */
@@ -44,7 +45,7 @@ function installRequestGuard (): void {
   })
 }
 
-/** One issuance with acme-client: account, order, HTTP-01, finalize. */
+/** One issuance with acme-client: account, order, challenges, finalize. */
 export class Issuer {
   readonly #opts: IssuerOptions
   #client: Promise<acme.Client> | undefined
@@ -73,22 +74,21 @@ export class Issuer {
     ])
     let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
     const pending = (await client.getAuthorizations(order)).filter((authz) => authz.status !== 'valid')
-    const { challenges } = this.#opts
-    const tokens: string[] = []
+    const { solvers } = this.#opts
+    const published: Array<() => Promise<void>> = []
     try {
       for (const authz of pending) {
-        const challenge = authz.challenges.find((c) => c.type === 'http-01')
-        if (challenge === undefined) throw new Error(`the CA offers no http-01 challenge for ${authz.identifier.value}`)
+        const [solver, challenge] = pick(solvers, authz)
         // In the store before the CA is told: its request may reach any instance.
-        await challenges.publish(challenge.token, authz.identifier.value, await client.getChallengeKeyAuthorization(challenge))
-        tokens.push(challenge.token)
+        await solver.publish(authz, challenge, await client.getChallengeKeyAuthorization(challenge))
+        published.push(() => solver.withdraw(authz, challenge))
         signal.throwIfAborted()
         await client.completeChallenge(challenge)
       }
       order = await this.#until(client, order, 'ready', signal)
     } finally {
       // Not awaited: the CA is done with the answers, the certificate need not wait for their removal.
-      for (const token of tokens) challenges.withdraw(token).catch(() => {})
+      for (const withdraw of published) withdraw().catch(() => {})
     }
     order = await this.#until(client, await client.finalizeOrder(order, csr), 'valid', signal)
     return { key: key.toString(), chain: await client.getCertificate(order) }
@@ -169,6 +169,15 @@ export class Issuer {
     const { email } = this.#opts
     return { termsOfServiceAgreed: true, ...(email === undefined ? {} : { contact: [`mailto:${email}`] }) }
   }
+}
+
+/** The first of `solvers` whose type the CA offers for `authz`, with that challenge. */
+function pick (solvers: readonly ChallengeSolver[], authz: acme.Authorization): [ChallengeSolver, acme.Authorization['challenges'][number]] {
+  for (const solver of solvers) {
+    const challenge = authz.challenges.find((c) => c.type === solver.type)
+    if (challenge !== undefined) return [solver, challenge]
+  }
+  throw new Error(`the CA offers none of ${solvers.map((s) => s.type).join(', ')} for ${authz.identifier.value} (options.challenges)`)
 }
 
 /** Why the CA refused an order: the first failed challenge's problem detail. */

@@ -17,6 +17,8 @@ export interface HelloOptions {
   serverNameExtension?: Buffer
   /** `'1.3'` offers TLS 1.3 and 1.2 (the server picks 1.3); `'1.2'` offers 1.2 only, whose Certificate travels in clear. */
   version: '1.2' | '1.3'
+  /** The ALPN protocols offered (default: http/1.1). */
+  protocols?: string[]
 }
 
 export interface HelloAnswer {
@@ -63,7 +65,7 @@ export function buildClientHello (options: HelloOptions): Buffer {
     extension(0x000a, vec16(list16(GROUPS))),
     extension(0x000b, vec8(u8(0))),
     extension(0x000d, vec16(list16(SIGNATURE_ALGORITHMS))),
-    extension(0x0010, vec16(vec8(Buffer.from('http/1.1'))))
+    extension(0x0010, vec16(...(options.protocols ?? ['http/1.1']).map((p) => vec8(Buffer.from(p)))))
   )
   if (tls13) {
     // A real X25519 share, so the server answers with a ServerHello rather than a retry request.

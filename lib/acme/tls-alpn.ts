@@ -1,0 +1,108 @@
+import type { SecureContext, TLSSocket } from 'node:tls'
+import * as acme from 'acme-client'
+import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'
+import { normalizeName } from '../names'
+import type { CertStore } from '../store/store'
+import type { ChallengeSolver } from './challenges'
+
+/** The ALPN protocol of RFC 8737: the CA validating offers it, alone. */
+const ACME_TLS_1 = 'acme-tls/1'
+
+/** Store key of a pending TLS-ALPN-01 challenge certificate: one per name (the name's order lock makes one order at a time). */
+const tlsAlpn01Key = (name: string): string => `${name}+tls-alpn-01`
+
+export type ALPNCallbackFn = (this: TLSSocket, hello: { servername: string, protocols: string[] }) => string | undefined
+
+// Connections taken for the CA's validation: their SNICallback serves the
+// challenge certificate instead of the real one.
+const validations = new WeakSet<TLSSocket>()
+
+/**
+ * An ALPNCallback that selects what Node selects from `ALPNProtocols:
+ * serverProtocols` (the first of them the client offers, in the server's order;
+ * none: `undefined`, which fails the handshake with no_application_protocol just
+ * as Node does). A ClientHello without ALPN never calls it.
+ *
+ * The exception is the CA validating: a TLS 1.3 ClientHello offering acme-tls/1
+ * alone, for a well-formed name, gets acme-tls/1. Only TLS 1.3: there OpenSSL
+ * asks for the protocol before the certificate, so the SNICallback that follows
+ * can serve the challenge certificate; over TLS 1.2 the certificate is already
+ * chosen when this runs, and acme-tls/1 gets Node's answer (refused). CAs
+ * validate over TLS 1.3 when the server offers it, as Node does by default.
+ */
+export function alpnCallback (serverProtocols: readonly string[]): ALPNCallbackFn {
+  return function ({ servername, protocols }) {
+    if (protocols.length === 1 && protocols[0] === ACME_TLS_1 && this.getProtocol() === 'TLSv1.3' &&
+        normalizeName(servername) !== undefined) {
+      validations.add(this)
+      return ACME_TLS_1
+    }
+    return serverProtocols.find((p) => protocols.includes(p))
+  }
+}
+
+/** True, once, for a connection alpnCallback() took for the CA's validation. */
+export function isValidation (socket: TLSSocket): boolean {
+  return validations.delete(socket)
+}
+
+/**
+ * TLS-ALPN-01 challenge certificates (RFC 8737), kept in the store under
+ * `<name>+tls-alpn-01` from before the CA is asked to validate until it is done,
+ * so whichever instance the CA's connection reaches can answer it.
+ */
+export class TlsAlpn01Challenges implements ChallengeSolver {
+  readonly type = 'tls-alpn-01'
+  readonly #store: CertStore
+  // Contexts this instance published: served without a store round trip.
+  readonly #local = new Map<string, SecureContext>()
+  // The issuer does not wait for withdrawals: a later challenge for the same name
+  // waits here, or the late delete would remove the new certificate.
+  readonly #withdrawing = new Map<string, Promise<void>>()
+
+  constructor (store: CertStore) {
+    this.#store = store
+  }
+
+  async publish (authz: acme.Authorization, _challenge: { token: string }, keyAuthorization: string): Promise<void> {
+    const name = authz.identifier.value
+    await this.#withdrawing.get(name)?.catch(() => {})
+    // A throwaway P-256 key (about 10 ms; acme-client's default RSA key takes
+    // 200-700 ms). Its certificate's key usage would make OpenSSL refuse it for
+    // every TLS 1.2 cipher, but it is only ever served over TLS 1.3 (alpnCallback).
+    const [key, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, await acme.crypto.createPrivateEcdsaKey('P-256'))
+    const bundle = encodeBundle({ key: key.toString(), chain: cert.toString() })
+    this.#local.set(name, contextOf(name, bundle))
+    await this.#store.put(tlsAlpn01Key(name), bundle)
+  }
+
+  withdraw (authz: acme.Authorization): Promise<void> {
+    const name = authz.identifier.value
+    this.#local.delete(name)
+    const done = this.#store.delete(tlsAlpn01Key(name)).finally(() => {
+      if (this.#withdrawing.get(name) === done) this.#withdrawing.delete(name)
+    })
+    this.#withdrawing.set(name, done)
+    return done
+  }
+
+  /**
+   * The context that answers the CA's acme-tls/1 connection for `servername`,
+   * or undefined when no challenge is pending for it. Malformed names never
+   * reach the store; a stored certificate is checked against the name
+   * (FST_AUTOCERT_CORRUPT otherwise); a store failure rejects.
+   */
+  async context (servername: string): Promise<SecureContext | undefined> {
+    const name = normalizeName(servername)
+    if (name === undefined) return undefined
+    const local = this.#local.get(name)
+    if (local !== undefined) return local
+    const data = await this.#store.get(tlsAlpn01Key(name))
+    return data === undefined ? undefined : contextOf(name, data)
+  }
+}
+
+/** The context of a stored challenge: key then certificate, PEM (the certificates' own format). */
+function contextOf (name: string, bundle: Buffer | string): SecureContext {
+  return toSecureContext(decodeBundle(name, tlsAlpn01Key(name), bundle))
+}
