@@ -214,8 +214,12 @@ export class CertificateManager {
     const results = await Promise.allSettled(site.slots.map(async (slot) => await this.#context(slot)))
     const contexts = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])
     if (contexts.length === 0) throw (results[0] as PromiseRejectedResult).reason
-    site.contexts = contexts
-    site.expires = Math.min(...site.slots.flatMap((slot) => slot.context === undefined ? [] : [(slot.cert as Certificate).notAfter]))
+    // Kept for the hot path only when complete: while a key type fails, each handshake asks for it
+    // again (cheap: a slot in backoff refuses from memory, a failed read is repeated for a second).
+    if (contexts.length === site.slots.length) {
+      site.contexts = contexts
+      site.expires = Math.min(...site.slots.map((slot) => (slot.cert as Certificate).notAfter))
+    }
     return contexts
   }
 
@@ -661,6 +665,8 @@ export class CertificateManager {
     slot.nextAt = at
     // Before start() (the server listens) timers are only noted: a CA validation would find no listener.
     if (this.#closing.signal.aborted || !this.#started) return
+    // An on-demand name dropped from memory while its certificate was being read: no timer for it.
+    if (this.#sites.get(slot.name) !== slot.site) return
     const wait = Math.max(0, at - Date.now())
     slot.timer = setTimeout(() => {
       if (wait > MAX_TIMER) return this.#schedule(slot, at)
