@@ -1,11 +1,13 @@
 /*
- * `npm run example` without deployment settings: the real server (server.ts),
- * run as a child process against a local Pebble (Let's Encrypt's test CA) and a
- * local Azurite (Azure Blob Storage emulator), then checked over real HTTPS.
+ * `npm run example` (example:express, example:https) without deployment
+ * settings: the real server (server.ts, express.ts, https.ts), run as a child
+ * process against a local Pebble (Let's Encrypt's test CA) and a local Azurite
+ * (Azure Blob Storage emulator), then checked over real HTTPS.
  * Pebble's DNS answers 127.0.0.1 for every name, so *.example.test works offline.
  *
- * EXAMPLE_EXIT_AFTER_CHECK=1 exits right after the check (0 when it passed, 1 when
- * not), for CI. Otherwise it serves until Ctrl-C.
+ * EXAMPLE_EXIT_AFTER_CHECK=1 exits right after the check, for CI: 0 when it passed
+ * and the server, sent SIGTERM as a supervisor would, then ended by itself
+ * (nothing left open), 1 when not. Otherwise it serves until Ctrl-C.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
@@ -19,18 +21,20 @@ import type { PeerCertificate, TLSSocket } from 'node:tls'
 import { BlobServiceClient } from '@azure/storage-blob'
 import { startAzurite, type Azurite } from '../test/helpers/azurite'
 import { startPebble, type Pebble } from '../test/helpers/pebble'
-import { canConnect, stopChild, waitUntil } from '../test/helpers/proc'
+import { canConnect, waitUntil } from '../test/helpers/proc'
 
 const DOMAINS = ['www.example.test', 'api.example.test']
 const CONTAINER = 'autocertcache'
 
+/** Runs `serverFile` (an example whose deploy mode takes the variables of server.ts) in the playground. */
 export async function playground (serverFile: string): Promise<void> {
-  ensurePebble()
+  const name = `example/${path.basename(serverFile)}`
+  ensurePebble(name)
   const t0 = performance.now()
   const since = (): string => `${Math.round(performance.now() - t0)} ms`
   const exitAfterCheck = process.env.EXAMPLE_EXIT_AFTER_CHECK === '1'
 
-  console.log('fastify-autocert playground: example/server.ts against a local Pebble (ACME CA) and Azurite (Blob Storage)')
+  console.log(`fastify-autocert playground: ${name} against a local Pebble (ACME CA) and Azurite (Blob Storage)`)
   // Held while Pebble and Azurite pick their own free ports, so they cannot pick these.
   const reserved = await Promise.all([reservePort(), reservePort()])
   const [httpsPort, httpPort] = reserved.map((r) => r.port)
@@ -46,12 +50,13 @@ export async function playground (serverFile: string): Promise<void> {
 
   let server: ChildProcess | undefined
   let stopping: Promise<void> | undefined
-  const stop = (code: number): Promise<void> => {
+  // `verify`: the run fails unless the server ends by itself on SIGTERM.
+  const stop = (code: number, verify = false): Promise<void> => {
     stopping ??= (async () => {
-      if (server !== undefined) await stopChild(server)
+      const ended = server === undefined || await stopServer(server, verify)
       await Promise.all([pebble.stop(), azurite.stop(), rm(tmp, { recursive: true, force: true })])
       console.log('stopped: server, Pebble, Azurite')
-      process.exit(code)
+      process.exit(ended ? code : 1)
     })()
     return stopping
   }
@@ -63,7 +68,7 @@ export async function playground (serverFile: string): Promise<void> {
 
   console.log(`starting the server: HTTPS on 127.0.0.1:${httpsPort}, HTTP on 127.0.0.1:${httpPort}, DOMAINS=${DOMAINS.join(',')}`)
   // The same entry point and loader (tsx) this process runs with; the variables
-  // put server.ts in deploy mode.
+  // put the server in deploy mode.
   server = spawn(process.execPath, [...process.execArgv, serverFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
@@ -117,7 +122,7 @@ self-check passed: Pebble + Azurite up after ${servicesUp}, server listening aft
   }
 
   if (exitAfterCheck) {
-    await stop(0)
+    await stop(0, true)
     return
   }
   const resolve = (name: string): string => `--resolve ${name}:${httpsPort}:127.0.0.1`
@@ -127,6 +132,29 @@ Try it (Ctrl-C stops everything):
   curl ${resolve(DOMAINS[1])} --cacert ${rootFile} https://${DOMAINS[1]}:${httpsPort}/status
   curl -i --resolve ${DOMAINS[0]}:${httpPort}:127.0.0.1 http://${DOMAINS[0]}:${httpPort}/   (redirects to https)
 `)
+}
+
+/**
+ * SIGTERM, as a supervisor stops a server. With `verify`, true only when the
+ * server then exits by itself with code 0 (its close left nothing open). Not
+ * verified after Ctrl-C: the terminal sent the server SIGINT too, and a SIGTERM
+ * that lands while it exits kills it. Still running 5 s later: killed, false.
+ */
+async function stopServer (server: ChildProcess, verify: boolean): Promise<boolean> {
+  if (server.exitCode !== null || server.signalCode !== null) return !verify
+  const exited = new Promise<string>((resolve) => server.once('exit', (code, signal) => resolve(code === null ? `signal ${signal}` : `code ${code}`)))
+  server.kill('SIGTERM')
+  let killed = false
+  const timer = setTimeout(() => { killed = true; server.kill('SIGKILL') }, 5000)
+  const how = await exited
+  clearTimeout(timer)
+  if (killed) {
+    console.log('the server was still running 5 s after SIGTERM: killed')
+    return false
+  }
+  if (!verify) return true
+  console.log(`the server exited by itself after SIGTERM, ${how}`)
+  return how === 'code 0'
 }
 
 async function reservePort (): Promise<{ port: number, release: () => Promise<void> }> {
@@ -164,7 +192,7 @@ function get (port: number, servername: string, ca: string): Promise<Answer> {
   })
 }
 
-function ensurePebble (): void {
+function ensurePebble (example: string): void {
   if (onPath('pebble') && onPath('pebble-challtestsrv')) return
   if (process.getuid?.() === 0 && onPath('apt-get')) {
     console.log('pebble is not installed: apt-get install -y pebble')
@@ -175,7 +203,7 @@ function ensurePebble (): void {
   console.error(`The playground needs Pebble, Let's Encrypt's test CA (pebble and pebble-challtestsrv on PATH):
   Debian/Ubuntu:  sudo apt-get install pebble
   elsewhere:      go install github.com/letsencrypt/pebble/v2/cmd/pebble@latest github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@latest
-To run the real server instead, set ACME_DIRECTORY_URL and AZURE_STORAGE_CONNECTION_STRING (see example/server.ts).`)
+To run the real server instead, set ACME_DIRECTORY_URL and AZURE_STORAGE_CONNECTION_STRING (see ${example}).`)
   process.exit(1)
 }
 

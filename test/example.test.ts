@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
 import path from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 
 // Azurite's well-known development account key: public, but a connection string
 // in output is the habit this test guards against.
@@ -16,7 +16,15 @@ function processesIn (pgid: number): string[] {
     .map(([, pid, , ...args]) => `${pid} ${args.join(' ')}`)
 }
 
-t.test('npm run example: the playground obtains, serves, verifies and stores a certificate, then cleans up', async (t) => {
+// The Fastify server, the Express app and the node:https server: one playground, the same checks.
+const EXAMPLES = { example: 'server.ts', 'example:express': 'express.ts', 'example:https': 'https.ts' }
+for (const [script, file] of Object.entries(EXAMPLES)) {
+  t.test(`npm run ${script}: the playground obtains, serves, verifies and stores a certificate, then cleans up`, async (t) => {
+    await runPlayground(t, script, file)
+  })
+}
+
+async function runPlayground (t: Test, script: string, file: string): Promise<void> {
   const env: NodeJS.ProcessEnv = { ...process.env, EXAMPLE_EXIT_AFTER_CHECK: '1' }
   delete env.ACME_DIRECTORY_URL
   delete env.AZURE_STORAGE_CONNECTION_STRING
@@ -28,7 +36,7 @@ t.test('npm run example: the playground obtains, serves, verifies and stores a c
 
   // Its own process group: whatever the playground starts stays in it, so a
   // leftover is found (and, on failure, killed) by group id, not by name.
-  const child = spawn('npm', ['run', '--silent', 'example'], {
+  const child = spawn('npm', ['run', '--silent', script], {
     cwd: path.resolve(__dirname, '..'), env, detached: true, stdio: ['ignore', 'pipe', 'pipe']
   })
   const pgid = child.pid as number
@@ -43,6 +51,7 @@ t.test('npm run example: the playground obtains, serves, verifies and stores a c
   t.comment(`playground ran for ${Math.round(performance.now() - started)} ms`)
 
   t.equal(code, 0, 'exits 0 after the self-check', { output })
+  t.match(output, `fastify-autocert playground: example/${file} against`, `runs example/${file}`)
   const serial = /^ +serial ([0-9A-F]+), valid to/m.exec(output)?.[1]
   t.ok(serial, 'prints the serial of the certificate served', { output })
   t.match(output, new RegExp(`certificate obtained domain=www\\.example\\.test keyType=ecdsa serial=${serial} `),
@@ -52,6 +61,7 @@ t.test('npm run example: the playground obtains, serves, verifies and stores a c
   t.notOk(output.includes(AZURITE_KEY), 'never prints the account key')
   t.notOk(output.includes('AccountKey='), 'never prints the connection string')
   t.notOk(output.includes('PRIVATE KEY'), 'never prints a private key')
+  t.match(output, /the server exited by itself after SIGTERM, code 0\n/, 'the server\'s close left nothing open')
   t.match(output, /stopped: server, Pebble, Azurite\n/, 'says it stopped everything')
   t.same(processesIn(pgid), [], 'no Pebble, challtestsrv, Azurite or server process remains')
-})
+}
