@@ -30,7 +30,7 @@ export async function playground (serverFile: string): Promise<void> {
   const since = (): string => `${Math.round(performance.now() - t0)} ms`
   const exitAfterCheck = process.env.EXAMPLE_EXIT_AFTER_CHECK === '1'
 
-  console.log('fastify-autocert playground: example/server.ts against a local Pebble (ACME CA) and Azurite (Blob Storage)')
+  console.log(`fastify-autocert playground: example/${path.basename(serverFile)} against a local Pebble (ACME CA) and Azurite (Blob Storage)`)
   // Held while Pebble and Azurite pick their own free ports, so they cannot pick these.
   const reserved = await Promise.all([reservePort(), reservePort()])
   const [httpsPort, httpPort] = reserved.map((r) => r.port)
