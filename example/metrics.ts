@@ -14,9 +14,12 @@
  */
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { Counter, Gauge, type Registry } from 'prom-client'
-import type { Autocert, DomainStatus } from '../lib'
+import type { Autocert, AutocertEvents, DomainStatus } from '../lib'
 
 type Labels = Record<string, string>
+
+// Every reason a backoff event can give: the compiler checks the list is complete.
+const BACKOFF_REASONS = Object.keys({ failures: true, budget: true } satisfies Record<AutocertEvents['backoff'][0]['reason'], true>)
 
 /**
  * Adds the `autocert_` metrics to `registry`, fed by `autocert`'s events (counters)
@@ -78,7 +81,7 @@ export function registerAutocertMetrics (autocert: Pick<Autocert, 'on' | 'status
   const renewed = counter('autocert_certificates_renewed_total', 'Certificates this instance ordered to replace the one it served.')
   const loaded = counter('autocert_certificates_loaded_total', 'Certificates taken from the store: at start-up, or obtained by another instance.')
   const failures = counter('autocert_failures_total', 'Orders that failed and store reads that failed (see the log or status() for the error).')
-  const backoffs = counter('autocert_backoffs_total', 'Times orders for the domain were held back until a retry time: after failures (shared by the fleet) or with the fleet\'s hourly order budget spent.', ['failures', 'budget'])
+  const backoffs = counter('autocert_backoffs_total', 'Times orders for the domain were held back until a retry time: after failures (shared by the fleet) or with the fleet\'s hourly order budget spent.', BACKOFF_REASONS)
   const lockWaits = counter('autocert_lock_waits_total', 'Times this instance waited for the domain\'s lock, held by another instance.')
   autocert.on('obtained', ({ domain }) => obtained({ domain }))
   autocert.on('renewed', ({ domain }) => renewed({ domain }))

@@ -57,7 +57,9 @@ t.test('Prometheus metrics of example/metrics.ts, scraped over HTTP, on real Peb
 
   await t.test('lock waits: the holder while this instance waits, gone once it is released', async (t) => {
     const waits: Array<string | undefined> = []
-    main.app.autocert.on('lock-wait', ({ holder }) => { waits.push(holder) })
+    const onWait = ({ holder }: { holder?: string }): void => { waits.push(holder) }
+    main.app.autocert.on('lock-wait', onWait)
+    t.teardown(() => { main.app.autocert.off('lock-wait', onWait) })
     const other = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'metrics' })
     t.teardown(() => other.close())
     const held = await other.lock(DOMAIN, undefined, { holder: 'instance-9' })
@@ -68,7 +70,7 @@ t.test('Prometheus metrics of example/metrics.ts, scraped over HTTP, on real Peb
       const m = await main.scrape()
       t.same(m.series('autocert_lock_held'), [{ name: 'autocert_lock_held', labels: { domain: DOMAIN, holder: 'instance-9' }, value: 1 }])
       // The holder's name is written just after its lease is taken: a first wait may not know it yet.
-      t.ok(waits.length >= 1 && waits.at(-1) === 'instance-9')
+      t.ok(waits.length >= 1 && waits.at(-1) === 'instance-9', 'lock-wait events, the last naming the holder')
       t.equal(m.value('autocert_lock_waits_total', { domain: DOMAIN }), waits.length, 'one per lock-wait event')
       const labelNames = new Set(m.samples.filter((s) => s.name.startsWith('autocert_')).flatMap((s) => Object.keys(s.labels)))
       t.same([...labelNames].sort(), ['domain', 'holder', 'reason'], 'no label but these three')
