@@ -181,6 +181,8 @@ export class CertificateManager {
   /** onDemand.allow() answers (or the call in flight), oldest first. */
   readonly #decisions = new Map<string, { allowed: Promise<boolean>, until: number }>()
   readonly #closing = new AbortController()
+  /** Settles when the last order of this process to want the order budget's lock has released it. */
+  #budgetQueue = Promise.resolve()
   #refused = { count: 0, since: 0 }
   #started = false
 
@@ -552,7 +554,21 @@ export class CertificateManager {
    */
   async #openOrderLog (): Promise<{ lock: Lock, recent: number[] }> {
     const { store } = this.#opts
-    const lock = await store.lock(ORDER_LOG, this.#closing.signal, { holder: this.#opts.instanceId })
+    // Orders of this process queue here for their turn, not at the store: a
+    // store lock's waiters poll it (AzureBlobStore: about once a second), which
+    // spaced a start-up's first orders a second apart.
+    const previous = this.#budgetQueue
+    let done!: () => void
+    this.#budgetQueue = new Promise<void>((resolve) => { done = resolve })
+    let lock: Lock
+    try {
+      await untilAborted(previous, this.#closing.signal)
+      const held = await store.lock(ORDER_LOG, this.#closing.signal, { holder: this.#opts.instanceId })
+      lock = { signal: held.signal, release: async () => { await held.release(); done() } }
+    } catch (err) {
+      done()
+      throw err
+    }
     try {
       const now = Date.now()
       return { lock, recent: parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR) }
