@@ -117,13 +117,20 @@ interface Site {
   readonly slots: Slot[]
   /** Not listed: allowed on demand, and dropped from memory when least recently used. */
   readonly onDemand?: true
+  /** The name's lock, in this process. */
+  readonly turn: Turn
   /** The TLS contexts of the slots that have one, primary first; cleared when a slot adopts a new certificate. */
   contexts?: SecureContext[]
   /** The first expiry among the certificates in `contexts` (ms). */
   expires?: number
 }
 
-/** One certificate of a site: its own store key, lock, order, renewal and backoff. */
+/** A queue of this process's takers of one store lock: settles when the last one has released it. */
+interface Turn {
+  last: Promise<void>
+}
+
+/** One certificate of a site: its own store key, order, renewal and backoff (the lock is the name's). */
 interface Slot {
   readonly site: Site
   readonly name: string
@@ -181,8 +188,7 @@ export class CertificateManager {
   /** onDemand.allow() answers (or the call in flight), oldest first. */
   readonly #decisions = new Map<string, { allowed: Promise<boolean>, until: number }>()
   readonly #closing = new AbortController()
-  /** Settles when the last order of this process to want the order budget's lock has released it. */
-  #budgetQueue = Promise.resolve()
+  readonly #budgetTurn: Turn = { last: Promise.resolve() }
   #refused = { count: 0, since: 0 }
   #started = false
 
@@ -285,7 +291,7 @@ export class CertificateManager {
   }
 
   #site (name: string, onDemand?: true): Site {
-    const site: Site = { name, slots: [], onDemand }
+    const site: Site = { name, slots: [], onDemand, turn: { last: Promise.resolve() } }
     for (const type of this.#opts.keyTypes) site.slots.push({ site, name, type, key: type === 'rsa' ? `${name}+rsa` : name })
     return site
   }
@@ -554,21 +560,8 @@ export class CertificateManager {
    */
   async #openOrderLog (): Promise<{ lock: Lock, recent: number[] }> {
     const { store } = this.#opts
-    // Orders of this process queue here for their turn, not at the store: a
-    // store lock's waiters poll it (AzureBlobStore: about once a second), which
-    // spaced a start-up's first orders a second apart.
-    const previous = this.#budgetQueue
-    let done!: () => void
-    this.#budgetQueue = new Promise<void>((resolve) => { done = resolve })
-    let lock: Lock
-    try {
-      await untilAborted(previous, this.#closing.signal)
-      const held = await store.lock(ORDER_LOG, this.#closing.signal, { holder: this.#opts.instanceId })
-      lock = { signal: held.signal, release: async () => { await held.release(); done() } }
-    } catch (err) {
-      done()
-      throw err
-    }
+    // Polling the store for it spaced a start-up's first orders a second apart.
+    const lock = await this.#locked(this.#budgetTurn, () => store.lock(ORDER_LOG, this.#closing.signal, { holder: this.#opts.instanceId }))
     try {
       const now = Date.now()
       return { lock, recent: parseOrderLog(await readRecord(store, ORDER_LOG)).filter((at) => at > now - HOUR) }
@@ -630,18 +623,19 @@ export class CertificateManager {
   }
 
   /** The domain's lock, recorded as this instance's; status() shows who holds it while this instance holds or waits for it. */
+  /**
+   * The lock of `slot`'s name: one per name, whatever the key type, because a
+   * name has one pending TLS-ALPN-01 challenge at a time. The key types of a
+   * name take turns in this process first, so they do not poll the store for it.
+   */
   async #lock (slot: Slot): Promise<Lock> {
     const { store, instanceId } = this.#opts
     const onWait = (holder: string | undefined): void => {
       slot.lockHolder = holder ?? 'unknown'
       this.#emit('lock-wait', { domain: slot.name, holder })
     }
-    let lock: Lock
-    try {
-      lock = await store.lock(slot.key, this.#closing.signal, { holder: instanceId, onWait })
-    } finally {
-      slot.lockHolder = undefined
-    }
+    const lock = await this.#locked(slot.site.turn, () => store.lock(slot.name, this.#closing.signal, { holder: instanceId, onWait }))
+      .finally(() => { slot.lockHolder = undefined })
     slot.lockHolder = instanceId
     return {
       signal: lock.signal,
@@ -649,6 +643,25 @@ export class CertificateManager {
         slot.lockHolder = undefined
         await lock.release()
       }
+    }
+  }
+
+  /**
+   * A store lock taken after this process's earlier takers of `turn` released
+   * theirs: they queue here, in memory, instead of polling the store (an
+   * AzureBlobStore waiter looks about once a second).
+   */
+  async #locked (turn: Turn, take: () => Promise<Lock>): Promise<Lock> {
+    const previous = turn.last
+    let pass!: () => void
+    turn.last = new Promise<void>((resolve) => { pass = resolve })
+    try {
+      await untilAborted(previous, this.#closing.signal)
+      const held = await take()
+      return { signal: held.signal, release: async () => { await held.release(); pass() } }
+    } catch (err) {
+      pass()
+      throw err
     }
   }
 

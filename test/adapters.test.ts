@@ -151,7 +151,7 @@ t.test('createAutocert() behind Express and node:https, on real Pebble and Azuri
         t.equal(served.subject, domain, 'and names the domain')
         t.equal(pebble.orderCount(), orders + 1, 'one order')
         t.equal(autocert.status()[0].serial, served.serial, 'status() shows the served certificate')
-        t.ok(logs.some((l) => l.startsWith(`certificate obtained {"domain":"${domain}","serial":"${served.serial}"`)), 'logged as obtained')
+        t.ok(logs.some((l) => l.startsWith(`certificate obtained {"domain":"${domain}","keyType":"ecdsa","serial":"${served.serial}"`)), 'logged as obtained')
         const validations = answered.filter((a) => a.url.startsWith(CHALLENGE))
         t.ok(validations.length > 0, 'Pebble\'s HTTP-01 requests reached the port-80 server')
         t.ok(validations.every((a) => a.method === 'GET' && a.status === 200), 'and the middleware answered them 200')

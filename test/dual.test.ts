@@ -1,8 +1,10 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { BlobServiceClient } from '@azure/storage-blob'
+import Fastify from 'fastify'
 import t from 'tap'
-import { AzureBlobStore } from '../lib'
+import autocert, { ALPNCallback, AzureBlobStore, SNICallback } from '../lib'
 import { startApp, eventually } from './helpers/app'
+import { freePort } from './helpers/ports'
 import { startServices } from './helpers/services'
 import { handshake } from './helpers/tls'
 
@@ -75,4 +77,32 @@ t.test('an ECDSA and an RSA certificate for one name: each client gets the kind 
     t.same(ecdsaOnly.app.autocert.status().map((s) => [s.keyType, s.serial]), [['ecdsa', after.ecdsa]], 'it loaded only <name>')
     await t.rejects(handshake(ecdsaOnly.port, domain, root, RSA_ONLY.tls13), 'an RSA-only client cannot connect to it')
   })
+})
+
+t.test('both key types by TLS-ALPN-01: one pending challenge per name at a time', async (t) => {
+  // Both orders validate on the app's own port, where a name has one challenge
+  // certificate at a time: the two key types must take turns, not overwrite it.
+  // Pebble waits 0-5 s (at random) before each validation here, so that two
+  // orders running at once would overlap; with its usual no-sleep they rarely do.
+  const tlsPort = await freePort()
+  const { azurite, pebble, root } = await startServices(t, { tlsPort, env: { PEBBLE_VA_NOSLEEP: '0' } })
+  const domain = 'dual-alpn.example.test'
+  const app = Fastify({ https: { SNICallback, ALPNCallback } })
+  await app.register(autocert, {
+    domains: [domain],
+    keyType: ['ecdsa', 'rsa'],
+    challenges: ['tls-alpn-01'],
+    directoryUrl: pebble.directoryUrl,
+    termsOfServiceAgreed: true,
+    store: new AzureBlobStore({ connectionString: azurite.connectionString, container: 'dual-alpn' })
+  })
+  await app.listen({ port: tlsPort, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const failed: unknown[] = []
+  app.autocert.on('failed', (e) => failed.push(e))
+  await eventually(() => app.autocert.status().every((s) => s.serial !== undefined) || failed.length > 0)
+  t.same(failed, [], 'no order failed')
+  t.equal(pebble.orderCount(), 2, 'two orders, each validated once')
+  t.equal((await handshake(tlsPort, domain, root, RSA_ONLY.tls13)).keyType, 'rsa', 'RSA served to an RSA-only client')
+  t.equal((await handshake(tlsPort, domain, root, ECDSA_ONLY.tls13)).keyType, 'ecdsa', 'ECDSA served to an ECDSA-only client')
 })
