@@ -106,12 +106,14 @@ export function onSignal (shutdown: () => Promise<void>): void {
 
 /**
  * Runs `main` when a CA or a store is configured; with neither, runs `file`
- * in the local playground (playground.ts), which sets both for it.
+ * in the local playground (playground.ts), which sets both for it, through
+ * `inPlayground` when the example has more to show there.
  */
-export function launch (file: string, main: () => Promise<void>): void {
+export function launch (file: string, main: () => Promise<void>, inPlayground?: (run: () => Promise<void>) => Promise<void>): void {
   if (!process.env.ACME_DIRECTORY_URL && !process.env.AZURE_STORAGE_CONNECTION_STRING) {
     // Loaded only here: a deployed server never loads the playground or its test helpers.
-    import('./playground.js').then(({ playground }) => playground(file)).catch(fail)
+    const run = async (): Promise<void> => { await (await import('./playground.js')).playground(file) }
+    ;(inPlayground === undefined ? run() : inPlayground(run)).catch(fail)
   } else {
     main().catch(fail)
   }

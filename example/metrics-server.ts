@@ -13,24 +13,21 @@
 import Fastify from 'fastify'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import autocert, { AzureBlobStore, SNICallback } from '../lib'
+import { launch, onSignal, settings } from './common'
 import { metricsServer, registerAutocertMetrics } from './metrics'
 
 async function main (): Promise<void> {
-  const env = process.env
-  const domains = required('DOMAINS', 'the host names to serve, e.g. DOMAINS=example.com,www.example.com')
-    .split(',').map((name) => name.trim()).filter((name) => name !== '')
-  const connectionString = required('AZURE_STORAGE_CONNECTION_STRING', 'copy it from the storage account\'s "Access keys" page')
-
-  const store = new AzureBlobStore({ connectionString, container: env.AZURE_STORAGE_CONTAINER || 'autocertcache' })
+  const config = settings()
+  const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
   const app = Fastify({ https: { SNICallback }, logger: true })
   app.addHook('onClose', () => store.close())
   await app.register(autocert, {
-    domains,
-    email: env.ACME_EMAIL || undefined,
-    directoryUrl: env.ACME_DIRECTORY_URL || 'staging',
+    domains: config.domains,
+    email: config.email,
+    directoryUrl: config.directoryUrl,
     termsOfServiceAgreed: true,
     store,
-    http01: { port: Number(env.HTTP_PORT || 80), host: env.HOST || '0.0.0.0' }
+    http01: { port: config.httpPort, host: config.host }
   })
 
   const registry = new Registry()
@@ -44,33 +41,20 @@ async function main (): Promise<void> {
   app.get('/', async (request) => `Hello from ${request.hostname}, served over HTTPS by fastify-autocert.\n`)
   app.get('/status', async () => app.autocert.status())
 
-  // Repeated signals (a terminal's Ctrl-C and a supervisor's SIGTERM) close once.
-  let closing = false
-  const shutdown = (signal: NodeJS.Signals): void => {
-    if (closing) return
-    closing = true
-    app.log.info({ signal }, 'shutting down')
-    app.close().catch((err: unknown) => {
-      app.log.error({ err }, 'shutdown failed')
-      process.exitCode = 1
-    })
-  }
-  process.on('SIGINT', shutdown)
-  process.on('SIGTERM', shutdown)
-
+  onSignal(async () => { await app.close() })
   // Listening first, Prometheus sees the first certificates being obtained.
-  await metrics.listen({ host: env.METRICS_HOST || '127.0.0.1', port: Number(env.METRICS_PORT || 9464) })
-  await app.listen({ host: env.HOST || '0.0.0.0', port: Number(env.HTTPS_PORT || 443) })
+  await metrics.listen({ host: process.env.METRICS_HOST || '127.0.0.1', port: Number(process.env.METRICS_PORT || 9464) })
+  await app.listen({ host: config.host, port: config.httpsPort })
 }
 
-/** The playground (playground.ts) runs this file as its server, with the metrics on a free port. */
-async function runPlayground (): Promise<void> {
-  // Loaded only here: a deployed server never loads the playground or its test helpers.
-  const [{ playground }, { freePort }] = await Promise.all([import('./playground.js'), import('../test/helpers/ports.js')])
+/** In the playground (playground.ts) the metrics get a free port, and a scrape is shown once the self-check passed. */
+async function inPlayground (run: () => Promise<void>): Promise<void> {
+  // Loaded only here: a deployed server never loads the test helpers.
+  const { freePort } = await import('../test/helpers/ports.js')
   const port = await freePort()
   // The playground starts the server with this process's environment plus its own settings.
   process.env.METRICS_PORT = String(port)
-  await playground(__filename)
+  await run()
   // Resolved: the self-check passed and everything keeps running until Ctrl-C.
   const url = `http://127.0.0.1:${port}/metrics`
   const res = await fetch(url)
@@ -79,19 +63,4 @@ async function runPlayground (): Promise<void> {
   console.log(`Metrics (curl ${url}), the plugin's:\n${lines.map((line) => `  ${line}`).join('\n')}\n`)
 }
 
-function required (name: string, hint: string): string {
-  const value = process.env[name]
-  if (!value) throw new Error(`${name} is not set: ${hint}`)
-  return value
-}
-
-function fail (err: unknown): void {
-  console.error(err instanceof Error ? err.message : err)
-  process.exit(1)
-}
-
-if (!process.env.ACME_DIRECTORY_URL && !process.env.AZURE_STORAGE_CONNECTION_STRING) {
-  runPlayground().catch(fail)
-} else {
-  main().catch(fail)
-}
+launch(__filename, main, inPlayground)

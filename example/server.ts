@@ -21,59 +21,27 @@
  */
 import Fastify from 'fastify'
 import autocert, { AzureBlobStore, SNICallback } from '../lib'
+import { launch, onSignal, settings } from './common'
 
 async function main (): Promise<void> {
-  const env = process.env
-  const domains = required('DOMAINS', 'the host names to serve, e.g. DOMAINS=example.com,www.example.com')
-    .split(',').map((name) => name.trim()).filter((name) => name !== '')
-  const connectionString = required('AZURE_STORAGE_CONNECTION_STRING', 'copy it from the storage account\'s "Access keys" page')
-
-  const store = new AzureBlobStore({ connectionString, container: env.AZURE_STORAGE_CONTAINER || 'autocertcache' })
+  const config = settings()
+  const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
   const app = Fastify({ https: { SNICallback }, logger: true })
   app.addHook('onClose', () => store.close())
   await app.register(autocert, {
-    domains,
-    email: env.ACME_EMAIL || undefined,
-    directoryUrl: env.ACME_DIRECTORY_URL || 'staging',
+    domains: config.domains,
+    email: config.email,
+    directoryUrl: config.directoryUrl,
     termsOfServiceAgreed: true,
     store,
-    http01: { port: Number(env.HTTP_PORT || 80), host: env.HOST || '0.0.0.0' }
+    http01: { port: config.httpPort, host: config.host }
   })
 
   app.get('/', async (request) => `Hello from ${request.hostname}, served over HTTPS by fastify-autocert.\n`)
   app.get('/status', async () => app.autocert.status())
 
-  // Repeated signals (a terminal's Ctrl-C and a supervisor's SIGTERM) close once.
-  let closing = false
-  const shutdown = (signal: NodeJS.Signals): void => {
-    if (closing) return
-    closing = true
-    app.log.info({ signal }, 'shutting down')
-    app.close().catch((err: unknown) => {
-      app.log.error({ err }, 'shutdown failed')
-      process.exitCode = 1
-    })
-  }
-  process.on('SIGINT', shutdown)
-  process.on('SIGTERM', shutdown)
-
-  await app.listen({ host: env.HOST || '0.0.0.0', port: Number(env.HTTPS_PORT || 443) })
+  onSignal(async () => { await app.close() })
+  await app.listen({ host: config.host, port: config.httpsPort })
 }
 
-function required (name: string, hint: string): string {
-  const value = process.env[name]
-  if (!value) throw new Error(`${name} is not set: ${hint}`)
-  return value
-}
-
-function fail (err: unknown): void {
-  console.error(err instanceof Error ? err.message : err)
-  process.exit(1)
-}
-
-if (!process.env.ACME_DIRECTORY_URL && !process.env.AZURE_STORAGE_CONNECTION_STRING) {
-  // Loaded only here: a deployed server never loads the playground or its test helpers.
-  import('./playground.js').then(({ playground }) => playground(__filename)).catch(fail)
-} else {
-  main().catch(fail)
-}
+launch(__filename, main)
