@@ -34,7 +34,7 @@ export const firstCertificate: Figure = async (services, settings, notes) => {
   // Its own Azurite: the store calls it times must not pay for figure 2's 11,000 blobs.
   const azurite = await services.freshAzurite()
   const root = await pebble.root()
-  const rounds = settings.quick ? 1 : 9
+  const rounds = settings.quick ? 1 : 15
   let serial = 0
   const domain = (what: string): string => `${what}-${++serial}.first.bench.test`
 
@@ -119,13 +119,16 @@ export const firstCertificate: Figure = async (services, settings, notes) => {
       }
       const o = median(ours)
       const b = median(base)
+      // Each round runs the plugin and the baseline back to back: the median of the
+      // rounds' own ratios leaves out most of what the machine's load did meanwhile.
+      const ratio = median(ours.map((ms, i) => ms / base[i]))
       rows.push({
         figure: `3 first certificate, ${account} account`,
         ours: fmt.ms(o),
         baseline: fmt.ms(b),
-        ratio: o / b,
+        ratio,
         target: '<= 1.2',
-        met: o / b <= 1.2
+        met: ratio <= 1.2
       })
       notes.push(`figure 3 (${account} account): listen -> verified handshake [${ours.map(fmt.ms).join(', ')}]; ` +
         `acme-client alone [${base.map(fmt.ms).join(', ')}]; the app's register + ready + listen before it took a median ${fmt.ms(median(setup))}`)

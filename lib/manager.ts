@@ -158,7 +158,8 @@ interface Slot {
   /** The last failed store read, repeated to callers for READ_ERROR_TTL. */
   readError?: { err: unknown, at: number }
   loading?: Promise<Certificate | undefined>
-  ordering?: Promise<Certificate>
+  /** The order in flight: `done` once stored (or given up), `served` as soon as its certificate is in memory. */
+  ordering?: { done: Promise<Certificate>, served: Promise<Certificate> }
 }
 
 const failureKey = (name: string): string => `${name}+failure`
@@ -285,7 +286,7 @@ export class CertificateManager {
     const ordering: Array<Promise<unknown>> = []
     for (const slot of this.#slots()) {
       clearTimeout(slot.timer)
-      if (slot.ordering !== undefined) ordering.push(slot.ordering)
+      if (slot.ordering !== undefined) ordering.push(slot.ordering.done)
     }
     await Promise.allSettled(ordering)
   }
@@ -383,7 +384,7 @@ export class CertificateManager {
    * and a fresh order replaces it.
    */
   async #context (slot: Slot): Promise<SecureContext> {
-    const cert = await this.#certificate(slot)
+    const cert = await this.#certificate(slot, true)
     if (slot.context !== undefined && slot.cert === cert) return slot.context
     try {
       slot.context = toSecureContext(cert)
@@ -392,13 +393,13 @@ export class CertificateManager {
       slot.reported = true
       slot.rejected = cert.serial
       slot.cert = undefined
-      slot.context = toSecureContext(await this.#order(slot, false))
+      slot.context = toSecureContext(await this.#order(slot, false, true))
     }
     return slot.context
   }
 
-  /** A live certificate: memory, then store, then a new order. */
-  async #certificate (slot: Slot): Promise<Certificate> {
+  /** A live certificate: memory, then store, then a new order (`served`: see #order). */
+  async #certificate (slot: Slot, served = false): Promise<Certificate> {
     if (live(slot.cert)) return slot.cert
     // In backoff (or waiting for the order budget): refuse from memory. The store
     // is still looked at now and then, since another instance may have succeeded.
@@ -412,7 +413,7 @@ export class CertificateManager {
     }
     const cert = await this.#load(slot)
     if (cert !== undefined && live(cert)) return cert
-    return this.#order(slot, false)
+    return this.#order(slot, false, served)
   }
 
   /** Reads the store (one read in flight per name) and adopts a live certificate found there. */
@@ -458,13 +459,24 @@ export class CertificateManager {
     return slot.cert
   }
 
-  /** One order in flight per name, in this process; the store lock makes it one per fleet. */
-  #order (slot: Slot, force: boolean): Promise<Certificate> {
-    slot.ordering ??= this.#orderLocked(slot, force).finally(() => { slot.ordering = undefined })
-    return slot.ordering
+  /**
+   * One order in flight per name and key type, in this process; the store lock
+   * makes it one per fleet. Resolves once the certificate is stored, or with
+   * `served`, as soon as it is in memory: a handshake need not wait for the writes.
+   */
+  #order (slot: Slot, force: boolean, served = false): Promise<Certificate> {
+    if (slot.ordering === undefined) {
+      let adopted!: (cert: Certificate) => void
+      const inMemory = new Promise<Certificate>((resolve) => { adopted = resolve })
+      const done = this.#orderLocked(slot, force, adopted).finally(() => { slot.ordering = undefined })
+      slot.ordering = { done, served: Promise.race([inMemory, done]) }
+      // Whoever waits gets the rejection; nobody may be waiting for the other one.
+      slot.ordering.served.catch(() => {})
+    }
+    return served ? slot.ordering.served : slot.ordering.done
   }
 
-  async #orderLocked (slot: Slot, force: boolean): Promise<Certificate> {
+  async #orderLocked (slot: Slot, force: boolean, adopted: (cert: Certificate) => void): Promise<Certificate> {
     const { store, issuer, log } = this.#opts
     const { name } = slot
     const closing = this.#closing.signal
@@ -511,6 +523,7 @@ export class CertificateManager {
       }
       // Served from now on, whatever happens to the write.
       this.#adopt(slot, issued)
+      adopted(issued)
       log.info(certFields(slot, issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
       if (had === undefined) this.#emit('obtained', certEvent(slot, issued))
       else this.#emit('renewed', { ...certEvent(slot, issued), previousSerial: had.serial })
