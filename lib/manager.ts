@@ -321,7 +321,7 @@ export class CertificateManager {
       site = this.#site(name, true)
       this.#sites.set(name, site)
       this.#recent.set(name, site)
-      this.#evict()
+      this.#evict(site)
     }
     return site
   }
@@ -359,13 +359,13 @@ export class CertificateManager {
     this.#recent.set(site.name, site)
   }
 
-  /** Drops the least recently used on-demand names beyond cacheSize; the store still has their certificates. */
-  #evict (): void {
+  /** Drops the least recently used on-demand names beyond cacheSize, never `added`; the store still has their certificates. */
+  #evict (added: Site): void {
     const { cacheSize } = this.#opts.onDemand as OnDemandOptions
     for (const site of this.#recent.values()) {
       if (this.#recent.size <= cacheSize) return
       // Work in flight finishes first; the next name added evicts it.
-      if (site.slots.every((slot) => slot.ordering === undefined && slot.loading === undefined)) this.#drop(site)
+      if (site !== added && site.slots.every((slot) => slot.ordering === undefined && slot.loading === undefined)) this.#drop(site)
     }
   }
 

@@ -125,3 +125,22 @@ t.test('a name allow() no longer accepts is not renewed', async (t) => {
   t.same(app.app.autocert.status().map((s) => s.domain), ['keep.example.test'], 'and is no longer in memory')
   await t.rejects(handshake(app.port, 'gone.example.test', root), 'a handshake for it is refused once allow() says no')
 })
+
+t.test('a name just added is never the one dropped, even when the others are still being ordered', async (t) => {
+  const { azurite, pebble, httpPort, root } = await startServices(t)
+  const store = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'on-demand-evict' })
+  const app = await startApp(pebble, httpPort, store, { domains: [], onDemand: { allow: () => true, cacheSize: 1 } })
+  t.teardown(() => app.app.close())
+  // Another instance holds x's lock: x's order waits, in flight, while y is added.
+  const blocker = await store.lock('x.example.test', undefined, { holder: 'other-instance' })
+  const x = handshake(app.port, 'x.example.test', root)
+  await eventually(() => app.app.autocert.status().some((s) => s.domain === 'x.example.test' && s.lockHolder === 'other-instance'))
+  t.ok((await handshake(app.port, 'y.example.test', root)).authorized, 'y served')
+  t.same(app.app.autocert.status().map((s) => s.domain).sort(), ['x.example.test', 'y.example.test'],
+    'y, just added, stays; x, in flight, stays: over cacheSize for a while')
+  await blocker.release()
+  t.ok((await x).authorized, 'x served once the lock is free')
+  await eventually(() => app.app.autocert.status().every((s) => s.lockHolder === undefined))
+  await handshake(app.port, 'z.example.test', root)
+  t.same(app.app.autocert.status().map((s) => s.domain), ['z.example.test'], 'the next name added brings memory back to cacheSize')
+})
