@@ -128,8 +128,10 @@ export class Issuer {
   /*
    * The usual path is one request: the key is in the store and the CA knows it.
    * Otherwise, under the cluster lock, the key is created (or found new to this
-   * CA, e.g. another directory URL) and registered before the lock is released,
-   * so no instance ever looks up an account that is still being created.
+   * CA, e.g. another directory URL) and registered before the lock is released.
+   * A new key is written while the CA registers it: an instance that reads it
+   * meanwhile finds it unknown to the CA, so it takes this lock, and by then the
+   * account exists (or, if registering failed, it registers the stored key).
    */
   async #register (signal: AbortSignal): Promise<acme.Client> {
     const { store } = this.#opts
@@ -144,9 +146,10 @@ export class Issuer {
       const created = accountKey === undefined
       accountKey ??= await acme.crypto.createPrivateEcdsaKey('P-256')
       const client = this.#newClient(accountKey)
+      const saved = created ? store.put(ACCOUNT_KEY, accountKey) : undefined
+      saved?.catch(() => {})
       if (created || !(await this.#lookUp(client))) await client.createAccount(this.#newAccount())
-      lock.signal.throwIfAborted()
-      if (created) await store.put(ACCOUNT_KEY, accountKey)
+      await saved
       return client
     } finally {
       // Not awaited: the orders waiting for the account need not wait for the lease's release too.
