@@ -189,6 +189,7 @@ export class CertificateManager {
   /** onDemand.allow() answers (or the call in flight), oldest first. */
   readonly #decisions = new Map<string, { allowed: Promise<boolean>, until: number }>()
   readonly #closing = new AbortController()
+  /** The order budget's lock, in this process. */
   readonly #budgetTurn: Turn = { last: Promise.resolve() }
   #refused = { count: 0, since: 0 }
   #started = false
