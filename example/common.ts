@@ -1,12 +1,14 @@
 /*
- * What example/express.ts and example/https.ts share: their settings (the
- * environment variables of example/server.ts), a logger, the port-80 answer to
- * anything that is not a challenge, and the choice between deploy mode and the
- * playground. The createAutocert() wiring stays in each example, in full.
+ * What the examples share: their settings (the environment variables of
+ * example/server.ts), the Fastify app of server.ts and metrics-server.ts, a
+ * logger, the port-80 answer to anything that is not a challenge, signals, and
+ * the choice between deploy mode and the playground. The createAutocert()
+ * wiring of express.ts and https.ts stays in each of them, in full.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Server } from 'node:net'
-import type { AutocertServer, Logger } from '../lib'
+import Fastify, { type FastifyInstance } from 'fastify'
+import autocert, { AzureBlobStore, SNICallback, type AutocertServer, type Logger } from '../lib'
 
 export interface Settings {
   domains: string[]
@@ -17,6 +19,27 @@ export interface Settings {
   host: string
   httpsPort: number
   httpPort: number
+}
+
+/**
+ * The Fastify app of example/server.ts (and metrics-server.ts): HTTPS with the
+ * plugin registered for `config`, `GET /` and `GET /status`; not listening yet.
+ */
+export async function fastifyServer (config: Settings): Promise<FastifyInstance> {
+  const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
+  const app = Fastify({ https: { SNICallback }, logger: true })
+  app.addHook('onClose', () => store.close())
+  await app.register(autocert, {
+    domains: config.domains,
+    email: config.email,
+    directoryUrl: config.directoryUrl,
+    termsOfServiceAgreed: true,
+    store,
+    http01: { port: config.httpPort, host: config.host }
+  })
+  app.get('/', async (request) => `Hello from ${request.hostname}, served over HTTPS by fastify-autocert.\n`)
+  app.get('/status', async () => app.autocert.status())
+  return app
 }
 
 /** The variables example/server.ts documents, with its defaults. */

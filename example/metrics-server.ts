@@ -10,25 +10,13 @@
  * `npm run example:metrics` runs it in the local playground (see playground.ts)
  * and shows a scrape once the self-check has passed.
  */
-import Fastify from 'fastify'
 import { collectDefaultMetrics, Registry } from 'prom-client'
-import autocert, { AzureBlobStore, SNICallback } from '../lib'
-import { launch, onSignal, settings } from './common'
+import { fastifyServer, launch, onSignal, settings } from './common'
 import { metricsServer, registerAutocertMetrics } from './metrics'
 
 async function main (): Promise<void> {
   const config = settings()
-  const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
-  const app = Fastify({ https: { SNICallback }, logger: true })
-  app.addHook('onClose', () => store.close())
-  await app.register(autocert, {
-    domains: config.domains,
-    email: config.email,
-    directoryUrl: config.directoryUrl,
-    termsOfServiceAgreed: true,
-    store,
-    http01: { port: config.httpPort, host: config.host }
-  })
+  const app = await fastifyServer(config)
 
   const registry = new Registry()
   // Node's own metrics (CPU, memory, event loop lag) beside the plugin's.
@@ -37,9 +25,6 @@ async function main (): Promise<void> {
   registerAutocertMetrics(app.autocert, registry)
   const metrics = metricsServer(registry, app.log.child({ listener: 'metrics' }))
   app.addHook('onClose', () => metrics.close())
-
-  app.get('/', async (request) => `Hello from ${request.hostname}, served over HTTPS by fastify-autocert.\n`)
-  app.get('/status', async () => app.autocert.status())
 
   onSignal(async () => { await app.close() })
   // Listening first, Prometheus sees the first certificates being obtained.

@@ -13,33 +13,18 @@
  *   HTTP_PORT                        default 80: answers HTTP-01 challenges, redirects the rest to https
  *
  * A private CA's own TLS certificate is trusted through Node's NODE_EXTRA_CA_CERTS.
- * Running this accepts the CA's terms of service (termsOfServiceAgreed below).
+ * Running this accepts the CA's terms of service (termsOfServiceAgreed in common.ts fastifyServer()).
  *
  * With neither ACME_DIRECTORY_URL nor AZURE_STORAGE_CONNECTION_STRING set,
  * `npm run example` starts a local playground instead: see playground.ts.
  * In your own project, import from 'fastify-autocert' instead of '../lib'.
  */
-import Fastify from 'fastify'
-import autocert, { AzureBlobStore, SNICallback } from '../lib'
-import { launch, onSignal, settings } from './common'
+import { fastifyServer, launch, onSignal, settings } from './common'
 
 async function main (): Promise<void> {
   const config = settings()
-  const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
-  const app = Fastify({ https: { SNICallback }, logger: true })
-  app.addHook('onClose', () => store.close())
-  await app.register(autocert, {
-    domains: config.domains,
-    email: config.email,
-    directoryUrl: config.directoryUrl,
-    termsOfServiceAgreed: true,
-    store,
-    http01: { port: config.httpPort, host: config.host }
-  })
-
-  app.get('/', async (request) => `Hello from ${request.hostname}, served over HTTPS by fastify-autocert.\n`)
-  app.get('/status', async () => app.autocert.status())
-
+  // The plugin's whole set-up is in common.ts fastifyServer(): the store, Fastify({ https: { SNICallback } }) and register().
+  const app = await fastifyServer(config)
   onSignal(async () => { await app.close() })
   await app.listen({ host: config.host, port: config.httpsPort })
 }
