@@ -211,7 +211,7 @@ export class CertificateManager {
       serve(site.contexts, cb, socket)
       return
     }
-    this.contexts(servername).then((contexts) => { serve(contexts, cb, socket) }, cb)
+    this.#contexts(servername).then((contexts) => { serve(contexts, cb, socket) }, cb)
   }
 
   /**
@@ -219,7 +219,7 @@ export class CertificateManager {
    * certificate of the name that can be had (a key type that fails does not
    * stop the others from being served).
    */
-  async contexts (servername: string): Promise<SecureContext[]> {
+  async #contexts (servername: string): Promise<SecureContext[]> {
     const site = await this.#allowed(servername)
     const results = await Promise.allSettled(site.slots.map(async (slot) => await this.#context(slot)))
     const contexts = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])
