@@ -8,11 +8,14 @@ export interface LinkedSignal {
 }
 
 /**
- * An AbortSignal that aborts with the first of `a` and `b`, neither aborted yet;
- * dispose() removes the listeners (AbortSignal.any keeps them on the long-lived one).
+ * An AbortSignal that aborts with the first of `a` and `b` (at once when one
+ * has aborted already); dispose() removes the listeners (AbortSignal.any keeps
+ * them on the long-lived one).
  */
 export function linkSignals (a: AbortSignal | undefined, b: AbortSignal): LinkedSignal {
   if (a === undefined) return { signal: b, dispose: () => {} }
+  const first = [a, b].find((s) => s.aborted)
+  if (first !== undefined) return { signal: AbortSignal.abort(first.reason), dispose: () => {} }
   const controller = new AbortController()
   const onA = (): void => controller.abort(a.reason)
   const onB = (): void => controller.abort(b.reason)
@@ -27,9 +30,17 @@ export function linkSignals (a: AbortSignal | undefined, b: AbortSignal): Linked
   }
 }
 
-/** Settles with `promise`, or rejects with the signal's reason as soon as it aborts. */
+/**
+ * Settles with `promise`, or rejects with the signal's reason as soon as it
+ * aborts (at once when it has already). `promise` is observed either way: its
+ * later rejection is nobody's unhandled rejection.
+ */
 export function untilAborted<T> (promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (signal === undefined) return promise
+  if (signal.aborted) {
+    promise.catch(() => {})
+    return Promise.reject(signal.reason)
+  }
   return new Promise((resolve, reject) => {
     const onAbort = (): void => reject(signal.reason)
     signal.addEventListener('abort', onAbort, { once: true })
