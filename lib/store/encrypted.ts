@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
 import { FST_AUTOCERT_CORRUPT } from '../errors'
-import type { CertStore, Lock } from './store'
+import type { CertStore, Lock, LockOptions } from './store'
 
 /*
  * Sealed value layout: MAGIC (4) | key id (4) | IV (12) | GCM tag (16) | ciphertext.
@@ -89,8 +89,8 @@ export class EncryptedStore implements CertStore {
     return this.#inner.list(prefix)
   }
 
-  lock (key: string, signal?: AbortSignal): Promise<Lock> {
-    return this.#inner.lock(key, signal)
+  lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock> {
+    return this.#inner.lock(key, signal, options)
   }
 
   async close (): Promise<void> {
