@@ -8,8 +8,10 @@ import {
   type StorageRetryOptions,
   newPipeline
 } from '@azure/storage-blob'
-import { linkSignals, sleep, untilAborted } from '../signals'
+import { linkSignals, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
+import { lockPaths } from './keys'
+import { pollLock } from './poll-lock'
 import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 
 /**
@@ -83,17 +85,11 @@ const INVALID_OPTIONS = 'FST_AUTOCERT_INVALID_STORE_OPTIONS'
 const DEFAULT_CONTAINER = 'autocertcache'
 const DEFAULT_LEASE_SECONDS = 15
 const DEFAULT_TIMEOUT_MS = 30_000
-// Lock blobs live under `<prefix>locks/`. Keys never contain '/', so no key can
-// name a lock blob, and `list` tells them apart by the '/' left after the prefix.
-const LOCKS = 'locks/'
-// A waiter retries a held lease about once a second; the jitter spreads waiters out.
-const RETRY_MS = 800
-const RETRY_JITTER_MS = 400
 
 /**
  * A store in an Azure Blob Storage container: one block blob per key, named
  * `<prefix><key>`, so a container written by Go autocert + azcertcache can be read
- * with an empty prefix. The lock on a key is a blob lease on `<prefix>locks/<key>`.
+ * with an empty prefix. The lock on a key is a blob lease on `<prefix>locks/<key>` (lockPaths).
  *
  * Every SDK error leaves the store as a `RestError` that keeps `statusCode`, `code`
  * and `details` but not the SDK's `request`/`response`: those hold the request URL
@@ -156,6 +152,7 @@ export class AzureBlobStore implements CertStore {
       const keys: string[] = []
       for await (const item of this.#client.listBlobsFlat({ prefix: this.#prefix + prefix, abortSignal })) {
         const key = item.name.slice(this.#prefix.length)
+        // Lock blobs (lockPaths.blob) have a '/' after the prefix, keys never do.
         if (!key.includes('/')) keys.push(key)
       }
       return keys
@@ -163,51 +160,37 @@ export class AzureBlobStore implements CertStore {
   }
 
   async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
-    const blob = this.#client.getBlockBlobClient(this.#prefix + LOCKS + checkKey(key))
-    signal?.throwIfAborted()
-    this.#closing.signal.throwIfAborted()
-    const wait = linkSignals(signal, this.#closing.signal)
+    const blob = this.#client.getBlockBlobClient(this.#prefix + lockPaths.blob(checkKey(key)))
     const lease = blob.getBlobLeaseClient(randomUUID())
-    let reported = false
-    let seen: string | undefined
-    try {
-      await untilAborted(this.#container(), wait.signal)
-      for (;;) {
+    await pollLock({
+      onWait: options.onWait,
+      signal,
+      closing: this.#closing.signal,
+      attempt: async (wait) => {
         try {
-          await this.#call((abortSignal) => lease.acquireLease(this.#leaseSeconds, { abortSignal }), wait.signal)
+          await untilAborted(this.#container(), wait)
+          await this.#call((abortSignal) => lease.acquireLease(this.#leaseSeconds, { abortSignal }), wait)
           // Granted, but the caller may have given up (or the store closed) just now.
-          wait.signal.throwIfAborted()
-          break
+          wait.throwIfAborted()
+          return 'taken'
         } catch (err) {
-          if (wait.signal.aborted) {
+          if (wait.aborted) {
             // The lease may have been granted as the request was cancelled: free it rather than let it lapse.
             this.#call((abortSignal) => lease.releaseLease({ abortSignal })).catch(() => {})
             throw err
           }
-          if (isStorageError(err, 404, 'BlobNotFound')) {
-            await this.#call((abortSignal) => blob.upload('', 0, { abortSignal, conditions: { ifNoneMatch: '*' } }), wait.signal)
-              .catch((err: unknown) => {
-                // Someone else created it first (Azurite says 409, Azure may say 412): fine.
-                if (!isStorageError(err, 409) && !isStorageError(err, 412)) throw err
-              })
-          } else if (isStorageError(err, 409, 'LeaseAlreadyPresent')) {
-            if (options.onWait !== undefined) {
-              // Best effort, one read per retry while waiting: the holder as it recorded itself.
-              const props = await this.#call((abortSignal) => blob.getProperties({ abortSignal }), wait.signal).catch(() => undefined)
-              const holder = props?.metadata?.holder
-              if (!reported || holder !== seen) options.onWait(holder)
-              reported = true
-              seen = holder
-            }
-            await sleep(RETRY_MS + Math.random() * RETRY_JITTER_MS, wait.signal)
-          } else {
-            throw err
-          }
+          if (isStorageError(err, 409, 'LeaseAlreadyPresent')) return 'held'
+          if (!isStorageError(err, 404, 'BlobNotFound')) throw err
+          await this.#call((abortSignal) => blob.upload('', 0, { abortSignal, conditions: { ifNoneMatch: '*' } }), wait)
+            .catch((err: unknown) => {
+              // Someone else created it first (Azurite says 409, Azure may say 412): fine.
+              if (!isStorageError(err, 409) && !isStorageError(err, 412)) throw err
+            })
+          return 'again'
         }
-      }
-    } finally {
-      wait.dispose()
-    }
+      },
+      readHolder: async (wait) => (await this.#call((abortSignal) => blob.getProperties({ abortSignal }), wait)).metadata?.holder
+    })
     if (options.holder !== undefined) {
       // Not awaited: for operators only, it must not delay the work the lock is for.
       const metadata = { holder: options.holder }

@@ -1,16 +1,14 @@
 import { randomUUID } from 'node:crypto'
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
 import path from 'node:path'
-import { linkSignals, sleep } from '../signals'
 import { HeldLock } from './held-lock'
+import { lockPaths } from './keys'
+import { pollLock } from './poll-lock'
 import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
 const STALE_MS = 10_000
 const REFRESH_MS = 3_000
-// A waiter retries about once a second; the jitter spreads waiters out.
-const RETRY_MS = 800
-const RETRY_JITTER_MS = 400
 
 /**
  * A store in a local directory, like Go autocert's DirCache: one file per key
@@ -84,35 +82,27 @@ export class FileStore implements CertStore {
   }
 
   async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
-    const file = path.join(this.#dir, `.${checkKey(key)}.lock`)
-    signal?.throwIfAborted()
-    this.#closing.signal.throwIfAborted()
-    const wait = linkSignals(signal, this.#closing.signal)
+    const file = path.join(this.#dir, lockPaths.file(checkKey(key)))
     // The random id makes the file this call's; the holder is only reported.
     const owner = `${randomUUID()}\n${options.holder ?? ''}`
-    let reported = false
-    let seen: string | undefined
-    try {
-      await this.#mkdir()
-      for (;;) {
-        if (await this.#create(file, owner)) break
-        if (await this.#removeIfStale(file)) continue
-        if (options.onWait !== undefined) {
-          const holder = (await readFile(file, 'utf8').catch(() => '')).split('\n')[1] || undefined
-          if (!reported || holder !== seen) options.onWait(holder)
-          reported = true
-          seen = holder
+    await pollLock({
+      onWait: options.onWait,
+      signal,
+      closing: this.#closing.signal,
+      attempt: async (wait) => {
+        await this.#mkdir()
+        if (await this.#create(file, owner)) {
+          // Taken, but the caller may have given up (or the store closed) just now.
+          if (wait.aborted) {
+            await removeIfOwned(file, owner)
+            throw wait.reason
+          }
+          return 'taken'
         }
-        await sleep(RETRY_MS + Math.random() * RETRY_JITTER_MS, wait.signal)
-      }
-      // Taken, but the caller may have given up (or the store closed) just now.
-      if (wait.signal.aborted) {
-        await removeIfOwned(file, owner)
-        throw wait.signal.reason
-      }
-    } finally {
-      wait.dispose()
-    }
+        return await this.#removeIfStale(file) ? 'again' : 'held'
+      },
+      readHolder: async () => (await readFile(file, 'utf8')).split('\n')[1] || undefined
+    })
     const held: HeldLock = new HeldLock({
       key,
       intervalMs: REFRESH_MS,
