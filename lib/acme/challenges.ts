@@ -1,5 +1,6 @@
 import type { Authorization } from 'acme-client'
 import { normalizeName } from '../names'
+import { storeKeys } from '../store/keys'
 import type { CertStore } from '../store/store'
 
 /** The challenge types the issuer can complete (options.challenges). */
@@ -19,8 +20,6 @@ export interface ChallengeSolver {
 // ACME tokens carry at least 128 bits of entropy as base64url (RFC 8555 8.3).
 const TOKEN = /^[A-Za-z0-9_-]{22,128}$/
 
-/** Store key of an HTTP-01 answer, as Go autocert names it. */
-export const http01Key = (token: string): string => `${token}+http-01`
 
 interface Pending {
   /** The name the token was issued for: it answers for that Host only. */
@@ -45,12 +44,12 @@ export class Http01Challenges implements ChallengeSolver {
   async publish (authz: Authorization, { token }: { token: string }, keyAuthorization: string): Promise<void> {
     const pending: Pending = { domain: authz.identifier.value, keyAuthorization }
     this.#local.set(token, pending)
-    await this.#store.put(http01Key(token), JSON.stringify(pending))
+    await this.#store.put(storeKeys.http01(token), JSON.stringify(pending))
   }
 
   async withdraw (_authz: Authorization, { token }: { token: string }): Promise<void> {
     this.#local.delete(token)
-    await this.#store.delete(http01Key(token))
+    await this.#store.delete(storeKeys.http01(token))
   }
 
   /**
@@ -61,7 +60,7 @@ export class Http01Challenges implements ChallengeSolver {
   async answer (token: string, host: string | undefined): Promise<string | undefined> {
     const domain = normalizeName((host ?? '').replace(/:\d{1,5}$/, ''))
     if (!TOKEN.test(token) || domain === undefined) return undefined
-    const pending = this.#local.get(token) ?? parse(await this.#store.get(http01Key(token)))
+    const pending = this.#local.get(token) ?? parse(await this.#store.get(storeKeys.http01(token)))
     return pending?.domain === domain ? pending.keyAuthorization : undefined
   }
 }

@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
 import { sleep, untilAborted } from '../signals'
+import { storeKeys } from '../store/keys'
 import type { CertStore } from '../store/store'
 import type { ChallengeSolver } from './challenges'
 
@@ -15,8 +16,6 @@ export interface IssuerOptions {
   solvers: readonly ChallengeSolver[]
 }
 
-/** Store key of the ACME account key, shared by the fleet (Go autocert's name). */
-export const ACCOUNT_KEY = 'acme_account+key'
 
 /*
  * acme-client has no request timeout and cannot be cancelled: a CA that accepts
@@ -135,18 +134,18 @@ export class Issuer {
    */
   async #register (signal: AbortSignal): Promise<acme.Client> {
     const { store } = this.#opts
-    const stored = await store.get(ACCOUNT_KEY)
+    const stored = await store.get(storeKeys.account)
     if (stored !== undefined) {
       const client = this.#newClient(stored)
       if (await this.#lookUp(client)) return client
     }
-    const lock = await store.lock(ACCOUNT_KEY, signal)
+    const lock = await store.lock(storeKeys.account, signal)
     try {
-      let accountKey = await store.get(ACCOUNT_KEY)
+      let accountKey = await store.get(storeKeys.account)
       const created = accountKey === undefined
       accountKey ??= await acme.crypto.createPrivateEcdsaKey('P-256')
       const client = this.#newClient(accountKey)
-      const saved = created ? store.put(ACCOUNT_KEY, accountKey) : undefined
+      const saved = created ? store.put(storeKeys.account, accountKey) : undefined
       saved?.catch(() => {})
       if (created || !(await this.#lookUp(client))) await client.createAccount(this.#newAccount())
       await saved

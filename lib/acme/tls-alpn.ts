@@ -2,14 +2,13 @@ import type { SecureContext, TLSSocket } from 'node:tls'
 import * as acme from 'acme-client'
 import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'
 import { normalizeName } from '../names'
+import { storeKeys } from '../store/keys'
 import type { CertStore } from '../store/store'
 import type { ChallengeSolver } from './challenges'
 
 /** The ALPN protocol of RFC 8737: the CA validating offers it, alone. */
 const ACME_TLS_1 = 'acme-tls/1'
 
-/** Store key of a pending TLS-ALPN-01 challenge certificate: one per name (the name's order lock makes one order at a time). */
-const tlsAlpn01Key = (name: string): string => `${name}+tls-alpn-01`
 
 export type ALPNCallbackFn = (this: TLSSocket, hello: { servername: string, protocols: string[] }) => string | undefined
 
@@ -73,13 +72,13 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
     const [key, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, await acme.crypto.createPrivateEcdsaKey('P-256'))
     const bundle = encodeBundle({ key: key.toString(), chain: cert.toString() })
     this.#local.set(name, contextOf(name, bundle))
-    await this.#store.put(tlsAlpn01Key(name), bundle)
+    await this.#store.put(storeKeys.tlsAlpn01(name), bundle)
   }
 
   withdraw (authz: acme.Authorization): Promise<void> {
     const name = authz.identifier.value
     this.#local.delete(name)
-    const done = this.#store.delete(tlsAlpn01Key(name)).finally(() => {
+    const done = this.#store.delete(storeKeys.tlsAlpn01(name)).finally(() => {
       if (this.#withdrawing.get(name) === done) this.#withdrawing.delete(name)
     })
     this.#withdrawing.set(name, done)
@@ -97,12 +96,12 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
     if (name === undefined) return undefined
     const local = this.#local.get(name)
     if (local !== undefined) return local
-    const data = await this.#store.get(tlsAlpn01Key(name))
+    const data = await this.#store.get(storeKeys.tlsAlpn01(name))
     return data === undefined ? undefined : contextOf(name, data)
   }
 }
 
 /** The context of a stored challenge: key then certificate, PEM (the certificates' own format). */
 function contextOf (name: string, bundle: Buffer | string): SecureContext {
-  return toSecureContext(decodeBundle(name, tlsAlpn01Key(name), bundle))
+  return toSecureContext(decodeBundle(name, storeKeys.tlsAlpn01(name), bundle))
 }

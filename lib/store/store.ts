@@ -67,3 +67,13 @@ export function isCertStore (value: unknown): value is CertStore {
   return typeof value === 'object' && value !== null &&
     METHODS.every((m) => typeof (value as Record<string, unknown>)[m] === 'function')
 }
+
+/** Reads a record the plugin rewrites as a whole (failure records, the order log): unreadable (corrupt) data counts as none, a store failure throws. */
+export async function readRecord (store: CertStore, key: string): Promise<Buffer | undefined> {
+  try {
+    return await store.get(key)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'FST_AUTOCERT_CORRUPT') return undefined
+    throw err
+  }
+}
