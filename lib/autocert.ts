@@ -2,14 +2,17 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import type { SecureContext, TLSSocket } from 'node:tls'
 import { Http01Challenges } from './acme/challenges'
-import { ACCOUNT_KEY, Issuer } from './acme/issuer'
+import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
 import type { Certificate } from './certificate'
 import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
-import { CertificateManager, type AutocertEvents, type DomainStatus, type Logger } from './manager'
+import { errorFields, type AutocertEvents, type DomainStatus, type Logger } from './events'
+import { CertificateManager } from './manager'
 import { normalizeName } from './names'
-import { validate, type AutocertOptions, type ResolvedOptions } from './options'
+import { validate, type AutocertOptions, type Settings } from './options'
+import { buildStore, type BuiltStore } from './store/build'
 import { EncryptedStore } from './store/encrypted'
+import { storeKeys } from './store/keys'
 
 export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
@@ -85,44 +88,27 @@ export class AutocertCore implements AutocertServer {
   readonly SNICallback: SNICallbackFn
   readonly ALPNCallback: ALPNCallbackFn
   readonly middleware: ChallengeMiddleware
-  readonly #opts: ResolvedOptions
+  readonly #opts: Settings
   readonly #log: Logger
-  readonly #store: ResolvedOptions['store']
+  readonly #store: BuiltStore
   readonly #http01: Http01Challenges
   readonly #tlsAlpn01: TlsAlpn01Challenges
   #server: { address (): AddressInfo | string | null } | undefined
   #companion: Server | undefined
 
   /** `protocols`: the server's own ALPN protocols, preferred first (https.createServer's by default). */
-  constructor (opts: ResolvedOptions, log: Logger, protocols: readonly string[] = ['http/1.1']) {
+  constructor (opts: Settings, log: Logger, protocols: readonly string[] = ['http/1.1']) {
     this.#opts = opts
     this.#log = log
-    this.#store = opts.encryption === undefined ? opts.store : new EncryptedStore(opts.store, opts.encryption)
+    this.#store = buildStore(opts)
+    const { store } = this.#store
     // Any well-formed host is looked up, listed here or not: instances of a fleet
     // may list different names, and the CA's request may reach any of them.
-    this.#http01 = new Http01Challenges(this.#store)
-    this.#tlsAlpn01 = new TlsAlpn01Challenges(this.#store)
+    this.#http01 = new Http01Challenges(store)
+    this.#tlsAlpn01 = new TlsAlpn01Challenges(store)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
-    const issuer = new Issuer({
-      directoryUrl: opts.directoryUrl,
-      email: opts.email,
-      externalAccountBinding: opts.externalAccountBinding,
-      store: this.#store,
-      solvers: opts.challenges.map((type) => solvers[type])
-    })
-    this.manager = new CertificateManager({
-      domains: opts.domains,
-      keyTypes: opts.keyTypes,
-      store: this.#store,
-      issuer,
-      log,
-      renewBefore: opts.renewBefore,
-      retryDelays: opts.retryDelays,
-      concurrency: opts.concurrency,
-      maxOrdersPerHour: opts.maxOrdersPerHour,
-      instanceId: opts.instanceId,
-      onDemand: opts.onDemand
-    })
+    const issuer = new Issuer({ ...opts, store, solvers: opts.challenges.map((type) => solvers[type]) })
+    this.manager = new CertificateManager({ ...opts, store, issuer, log })
     const { manager } = this
     const validation = (servername: string): Promise<SecureContext> => this.#validation(servername)
     this.SNICallback = function (servername, cb) {
@@ -162,9 +148,10 @@ export class AutocertCore implements AutocertServer {
 
   async ready (): Promise<void> {
     // The account key is written once: after a key rotation it must be sealed anew.
-    if (this.#store instanceof EncryptedStore) {
-      await this.#store.reseal(ACCOUNT_KEY).catch((err: unknown) => {
-        this.#log.warn({ error: { message: (err as Error).message } }, 'could not re-seal the account key')
+    const { store } = this.#store
+    if (store instanceof EncryptedStore) {
+      await store.reseal(storeKeys.account).catch((err: unknown) => {
+        this.#log.warn({ error: errorFields(err) }, 'could not re-seal the account key')
       })
     }
     await this.manager.prewarm()
@@ -185,7 +172,7 @@ export class AutocertCore implements AutocertServer {
       companion.closeAllConnections()
       await closed
     }
-    if (this.#opts.ownsStore) await this.#opts.store.close?.()
+    await this.#store.close()
   }
 
   /** The answer to a challenge request: 200 with the key authorization, 404, or 503 when the store fails. */
@@ -194,7 +181,7 @@ export class AutocertCore implements AutocertServer {
       const answer = await this.#http01.answer(token, host)
       return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
     } catch (err) {
-      this.#log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+      this.#log.error({ error: errorFields(err) }, 'ACME challenge lookup failed')
       return { status: 503, body: 'Service Unavailable' }
     }
   }
@@ -205,7 +192,7 @@ export class AutocertCore implements AutocertServer {
     try {
       context = await this.#tlsAlpn01.context(servername)
     } catch (err) {
-      this.#log.error({ error: { message: (err as Error).message } }, 'ACME challenge lookup failed')
+      this.#log.error({ error: errorFields(err) }, 'ACME challenge lookup failed')
       throw err
     }
     if (context === undefined) throw new FST_AUTOCERT_NO_CHALLENGE()

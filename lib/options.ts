@@ -6,11 +6,30 @@ import {
   FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
   FST_AUTOCERT_INVALID_OPTION, FST_AUTOCERT_INVALID_STORE, FST_AUTOCERT_NO_DOMAINS, FST_AUTOCERT_TOS_NOT_AGREED
 } from './errors'
-import type { Logger, OnDemandOptions } from './manager'
+import type { Logger } from './events'
 import { normalizeName } from './names'
-import { AzureBlobStore, type AzureBlobStoreOptions } from './store/azure-blob'
+import type { OnDemandSettings } from './on-demand'
+import type { AzureBlobStoreOptions } from './store/azure-blob'
 import type { EncryptionOptions } from './store/encrypted'
 import { isCertStore, type CertStore } from './store/store'
+
+/*
+ * The options of the plugin and of createAutocert(), in one model: the
+ * AutocertOptions type users write, one rule per option that checks it and
+ * fills in its default, and Settings, the type of what the rules return
+ * (derived, never written out). The rules build nothing: buildStore() makes
+ * the store, the front ends make the rest.
+ */
+
+/** Certificates for names not in `domains`: see AutocertOptions.onDemand. */
+export interface OnDemandOptions {
+  /** Whether `name` (normalised) may have a certificate. Throwing, or taking longer than `timeout`, means no. */
+  allow: (name: string) => boolean | Promise<boolean>
+  /** Milliseconds allow() may take. Default: 5000. */
+  timeout?: number
+  /** On-demand names kept in memory (about 3 KiB each, plus 24 KiB once served); the least recently used are dropped and read from the store again when needed. Default: 10000. */
+  cacheSize?: number
+}
 
 /** Options of the Fastify plugin and of createAutocert(): checked once, at register time. */
 export interface AutocertOptions {
@@ -24,13 +43,7 @@ export interface AutocertOptions {
    * On-demand orders count against `maxOrdersPerHour` and the failure backoff;
    * a name allow() no longer accepts is not renewed.
    */
-  onDemand?: {
-    allow: (name: string) => boolean | Promise<boolean>
-    /** Milliseconds allow() may take. Default: 5000. */
-    timeout?: number
-    /** On-demand names kept in memory (about 3 KiB each, plus 24 KiB once served); the least recently used are dropped and read from the store again when needed. Default: 10000. */
-    cacheSize?: number
-  }
+  onDemand?: OnDemandOptions
   /** This instance's name in lock records, `status()` and `lock-wait` events. Default: `<hostname>/<pid>`. */
   instanceId?: string
   /**
@@ -90,68 +103,102 @@ export interface AutocertOptions {
   logger?: Logger
 }
 
-const OPTION_KEYS = new Set([
-  'domains', 'store', 'termsOfServiceAgreed', 'email', 'directoryUrl', 'keyType', 'renewBefore',
-  'retryDelays', 'concurrency', 'maxOrdersPerHour', 'encryption', 'http01', 'challenges', 'externalAccountBinding', 'logger',
-  'onDemand', 'instanceId'
-])
 const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01']
 
-export interface ResolvedOptions extends Omit<AutocertOptions, 'store' | 'directoryUrl' | 'keyType' | 'concurrency' | 'maxOrdersPerHour' | 'challenges' | 'onDemand' | 'instanceId'> {
-  onDemand?: OnDemandOptions
-  instanceId: string
-  store: CertStore
-  /** The plugin built the store, so it closes it. */
-  ownsStore: boolean
-  directoryUrl: string
-  /** options.keyType as a list, without repeats. */
-  keyTypes: KeyType[]
-  concurrency: number
-  maxOrdersPerHour: number
-  challenges: readonly ChallengeType[]
-}
-
-export function validate (options: AutocertOptions): ResolvedOptions {
-  const unknown = Object.keys(options ?? {}).filter((k) => !OPTION_KEYS.has(k))
-  if (unknown.length > 0) {
-    throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${[...OPTION_KEYS].join(', ')}`)
-  }
-  const { domains, termsOfServiceAgreed, email, renewBefore, retryDelays, http01, encryption } = options
-  const onDemand = validateOnDemand(options.onDemand)
-  if (!Array.isArray(domains) || (domains.length === 0 && onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
-  const instanceId = options.instanceId ?? `${hostname()}/${process.pid}`
-  // Recorded in lock files and blob metadata: printable ASCII only.
-  if (typeof instanceId !== 'string' || !/^[\x21-\x7e][\x20-\x7e]{0,127}$/.test(instanceId)) {
-    throw new FST_AUTOCERT_INVALID_OPTION('instanceId', 'must be 1 to 128 printable ASCII characters, e.g. the host name')
-  }
-  const names = domains.map((raw) => {
-    const name = typeof raw === 'string' ? normalizeName(raw) : undefined
-    if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
-    return name
-  })
-  if (termsOfServiceAgreed !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
-  if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
-    throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
-  }
-  const keyTypes = [...new Set(Array.isArray(options.keyType) ? options.keyType : [options.keyType ?? 'ecdsa'])]
-  const badType = keyTypes.find((type) => type !== 'ecdsa' && type !== 'rsa')
-  if (keyTypes.length === 0 || badType !== undefined) throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(badType ?? options.keyType))
-  if (renewBefore !== undefined && !(Number.isFinite(renewBefore) && renewBefore > 0)) {
-    throw new FST_AUTOCERT_INVALID_OPTION('renewBefore', 'must be a positive number of milliseconds')
-  }
-  if (retryDelays !== undefined && !(Array.isArray(retryDelays) && retryDelays.length > 0 &&
-      retryDelays.every((d) => Number.isFinite(d) && d >= 0))) {
-    throw new FST_AUTOCERT_INVALID_OPTION('retryDelays', 'must be a non-empty array of milliseconds, e.g. [60000, 600000]')
-  }
-  const concurrency = options.concurrency ?? 8
-  if (!Number.isInteger(concurrency) || concurrency < 1) {
-    throw new FST_AUTOCERT_INVALID_OPTION('concurrency', 'must be a positive integer')
-  }
-  const maxOrdersPerHour = options.maxOrdersPerHour ?? 100
-  if (!Number.isInteger(maxOrdersPerHour) || maxOrdersPerHour < 1) {
-    throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
-  }
-  if (encryption !== undefined) {
+/**
+ * One rule per option: checks the value given (a coded TypeError that names
+ * the option and the fix) and returns it normalised, with its default.
+ * `satisfies` makes the compiler hold this list to AutocertOptions: no option
+ * without a rule, no rule without an option.
+ */
+const rules = {
+  domains: (domains: AutocertOptions['domains'], options: AutocertOptions): string[] => {
+    if (!Array.isArray(domains) || (domains.length === 0 && options.onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
+    return [...new Set(domains.map((raw) => {
+      const name = typeof raw === 'string' ? normalizeName(raw) : undefined
+      if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
+      return name
+    }))]
+  },
+  onDemand: (value: AutocertOptions['onDemand']): OnDemandSettings | undefined => {
+    if (value === undefined) return undefined
+    if (typeof value?.allow !== 'function') {
+      throw new FST_AUTOCERT_INVALID_OPTION('onDemand.allow', 'must be a function (name) => boolean | Promise<boolean> that says whether a name may have a certificate')
+    }
+    const { allow, timeout = 5000, cacheSize = 10_000 } = value
+    if (!(Number.isFinite(timeout) && timeout > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.timeout', 'must be a positive number of milliseconds')
+    if (!(Number.isInteger(cacheSize) && cacheSize > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.cacheSize', 'must be a positive integer')
+    return { allow, timeout, cacheSize }
+  },
+  instanceId: (value: AutocertOptions['instanceId']): string => {
+    const instanceId = value ?? `${hostname()}/${process.pid}`
+    // Recorded in lock files and blob metadata: printable ASCII only.
+    if (typeof instanceId !== 'string' || !/^[\x21-\x7e][\x20-\x7e]{0,127}$/.test(instanceId)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('instanceId', 'must be 1 to 128 printable ASCII characters, e.g. the host name')
+    }
+    return instanceId
+  },
+  store: (value: AutocertOptions['store']): CertStore | AzureBlobStoreOptions => {
+    if (isCertStore(value)) return value
+    // Something with some of a store's methods is a store that misses the others.
+    // Plain options are checked by AzureBlobStore itself (its errors carry their own code).
+    const partial = typeof value === 'object' && value !== null &&
+      ['get', 'put', 'delete', 'list', 'lock'].some((m) => typeof (value as unknown as Record<string, unknown>)[m] === 'function')
+    if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
+    return value
+  },
+  termsOfServiceAgreed: (value: boolean): true => {
+    if (value !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
+    return value
+  },
+  email: (email: AutocertOptions['email']): string | undefined => {
+    if (email !== undefined && (typeof email !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(email))) {
+      throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
+    }
+    return email
+  },
+  directoryUrl: (value: AutocertOptions['directoryUrl']): string => {
+    if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
+    if (value === 'staging') return acme.directory.letsencrypt.staging
+    let url: URL | undefined
+    try {
+      url = new URL(value)
+    } catch {}
+    if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
+    return value
+  },
+  /** Always a list here, without repeats, the preferred key type first. */
+  keyType: (value: AutocertOptions['keyType']): KeyType[] => {
+    const keyTypes = [...new Set(Array.isArray(value) ? value : [value ?? 'ecdsa'])]
+    const badType = keyTypes.find((type) => type !== 'ecdsa' && type !== 'rsa')
+    if (keyTypes.length === 0 || badType !== undefined) throw new FST_AUTOCERT_INVALID_KEY_TYPE(JSON.stringify(badType ?? value))
+    return keyTypes
+  },
+  renewBefore: (renewBefore: AutocertOptions['renewBefore']): number | undefined => {
+    if (renewBefore !== undefined && !(Number.isFinite(renewBefore) && renewBefore > 0)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('renewBefore', 'must be a positive number of milliseconds')
+    }
+    return renewBefore
+  },
+  retryDelays: (retryDelays: AutocertOptions['retryDelays']): readonly number[] | undefined => {
+    if (retryDelays !== undefined && !(Array.isArray(retryDelays) && retryDelays.length > 0 &&
+        retryDelays.every((d) => Number.isFinite(d) && d >= 0))) {
+      throw new FST_AUTOCERT_INVALID_OPTION('retryDelays', 'must be a non-empty array of milliseconds, e.g. [60000, 600000]')
+    }
+    return retryDelays
+  },
+  concurrency: (value: AutocertOptions['concurrency']): number => {
+    const concurrency = value ?? 8
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new FST_AUTOCERT_INVALID_OPTION('concurrency', 'must be a positive integer')
+    return concurrency
+  },
+  maxOrdersPerHour: (value: AutocertOptions['maxOrdersPerHour']): number => {
+    const maxOrdersPerHour = value ?? 100
+    if (!Number.isInteger(maxOrdersPerHour) || maxOrdersPerHour < 1) throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
+    return maxOrdersPerHour
+  },
+  encryption: (encryption: AutocertOptions['encryption']): EncryptionOptions | undefined => {
+    if (encryption === undefined) return undefined
     if (encryption?.previousKeys !== undefined && !Array.isArray(encryption.previousKeys)) {
       throw new FST_AUTOCERT_INVALID_OPTION('encryption.previousKeys', 'must be an array of the keys used before, newest first')
     }
@@ -162,64 +209,46 @@ export function validate (options: AutocertOptions): ResolvedOptions {
           'must be 32 bytes: a Buffer, or a base64 string such as `openssl rand -base64 32` prints')
       }
     }
+    return encryption
+  },
+  http01: (http01: AutocertOptions['http01']): { port: number, host?: string } | undefined => {
+    if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
+    }
+    return http01
+  },
+  challenges: (value: AutocertOptions['challenges']): readonly ChallengeType[] => {
+    const challenges = value ?? ['http-01']
+    if (!(Array.isArray(challenges) && challenges.length > 0 && challenges.every((c) => CHALLENGE_TYPES.includes(c)) &&
+        new Set(challenges).size === challenges.length)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'must list \'http-01\' and/or \'tls-alpn-01\' once each, in order of preference, e.g. [\'tls-alpn-01\', \'http-01\']')
+    }
+    return challenges
+  },
+  externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value,
+  logger: (logger: AutocertOptions['logger']): Logger | undefined => {
+    if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
+      throw new FST_AUTOCERT_INVALID_OPTION('logger', 'must be a pino-compatible logger with debug, info, warn and error methods')
+    }
+    return logger
   }
-  const challenges = options.challenges ?? ['http-01']
-  if (!(Array.isArray(challenges) && challenges.length > 0 && challenges.every((c) => CHALLENGE_TYPES.includes(c)) &&
-      new Set(challenges).size === challenges.length)) {
-    throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'must list \'http-01\' and/or \'tls-alpn-01\' once each, in order of preference, e.g. [\'tls-alpn-01\', \'http-01\']')
-  }
-  const { logger } = options
-  if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
-    throw new FST_AUTOCERT_INVALID_OPTION('logger', 'must be a pino-compatible logger with debug, info, warn and error methods')
-  }
-  const { store, ownsStore } = resolveStore(options.store)
-  if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
-    throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
-  }
-  return {
-    ...options,
-    domains: [...new Set(names)],
-    onDemand,
-    instanceId,
-    store,
-    ownsStore,
-    keyTypes,
-    concurrency,
-    maxOrdersPerHour,
-    challenges,
-    directoryUrl: directoryUrl(options.directoryUrl)
-  }
-}
+} satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }
 
-/** A store instance is used as it is; plain options build an AzureBlobStore (whose option errors carry their own code). */
-function resolveStore (value: unknown): { store: CertStore, ownsStore: boolean } {
-  if (isCertStore(value)) return { store: value, ownsStore: false }
-  // Something with some of a store's methods is a store that misses the others.
-  const partial = typeof value === 'object' && value !== null &&
-    ['get', 'put', 'delete', 'list', 'lock'].some((m) => typeof (value as Record<string, unknown>)[m] === 'function')
-  if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
-  return { store: new AzureBlobStore(value as AzureBlobStoreOptions), ownsStore: true }
-}
+/** The options as validated: each option's rule's result (defaults filled in, names normalised). */
+export type Settings = { readonly [K in keyof typeof rules]: ReturnType<(typeof rules)[K]> }
 
-function directoryUrl (value: string | undefined): string {
-  if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
-  if (value === 'staging') return acme.directory.letsencrypt.staging
-  let url: URL | undefined
-  try {
-    url = new URL(value)
-  } catch {}
-  if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
-  return value
-}
+const OPTION_NAMES = Object.keys(rules)
 
-
-function validateOnDemand (value: AutocertOptions['onDemand']): OnDemandOptions | undefined {
-  if (value === undefined) return undefined
-  if (typeof value?.allow !== 'function') {
-    throw new FST_AUTOCERT_INVALID_OPTION('onDemand.allow', 'must be a function (name) => boolean | Promise<boolean> that says whether a name may have a certificate')
+/** Checks every option (throws the first problem as a coded TypeError) and returns them normalised. Builds nothing. */
+export function validate (options: AutocertOptions): Settings {
+  const given = (options ?? {}) as unknown as Record<string, unknown>
+  const unknown = Object.keys(given).filter((k) => !Object.hasOwn(rules, k))
+  if (unknown.length > 0) {
+    throw new FST_AUTOCERT_INVALID_OPTION(unknown[0], `is not an option; the options are: ${OPTION_NAMES.join(', ')}`)
   }
-  const { allow, timeout = 5000, cacheSize = 10_000 } = value
-  if (!(Number.isFinite(timeout) && timeout > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.timeout', 'must be a positive number of milliseconds')
-  if (!(Number.isInteger(cacheSize) && cacheSize > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.cacheSize', 'must be a positive integer')
-  return { allow, timeout, cacheSize }
+  const settings: Record<string, unknown> = {}
+  for (const [name, rule] of Object.entries(rules)) {
+    settings[name] = (rule as (value: unknown, options: AutocertOptions) => unknown)(given[name], given as unknown as AutocertOptions)
+  }
+  return settings as Settings
 }

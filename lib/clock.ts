@@ -1,0 +1,43 @@
+/**
+ * Time as the certificate manager reads it: the system's by default, or one a
+ * test moves by hand, so backoff, budget and renewal can be checked in seconds.
+ */
+export interface Clock {
+  /** Milliseconds since the epoch, as Date.now(). */
+  now (): number
+  /** Calls `fn` after `ms`; the timer never holds the process open. */
+  setTimeout (fn: () => void, ms: number): Timer
+  clearTimeout (timer: Timer | undefined): void
+}
+
+/** A timer handle, opaque to its user. */
+export type Timer = object
+
+// setTimeout fires at once past 2^31-1 ms (24.8 days): longer waits are taken in steps.
+const MAX_TIMER = 2 ** 31 - 1
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout (fn, ms) {
+    const handle: { timer?: NodeJS.Timeout } = {}
+    const at = Date.now() + ms
+    const arm = (): void => {
+      const wait = Math.max(0, at - Date.now())
+      handle.timer = setTimeout(wait > MAX_TIMER ? arm : fn, Math.min(wait, MAX_TIMER)).unref()
+    }
+    arm()
+    return handle
+  },
+  clearTimeout (timer) {
+    clearTimeout((timer as { timer?: NodeJS.Timeout } | undefined)?.timer)
+  }
+}
+
+/** An AbortSignal that aborts `ms` after now on `clock`, with a TimeoutError as AbortSignal.timeout() does. */
+export function timeoutSignal (clock: Clock, ms: number): { signal: AbortSignal, dispose: () => void } {
+  const controller = new AbortController()
+  const timer = clock.setTimeout(() => {
+    controller.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError'))
+  }, ms)
+  return { signal: controller.signal, dispose: () => clock.clearTimeout(timer) }
+}

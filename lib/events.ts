@@ -1,0 +1,105 @@
+import { EventEmitter } from 'node:events'
+import type { KeyType } from './acme/issuer'
+
+/**
+ * What the plugin tells the outside: the logger it writes to, its events and
+ * status(), and the one way an error becomes log fields. Shared by the
+ * options, the manager and both front ends.
+ */
+
+/** The subset of a pino / Fastify logger the plugin writes to: an object first, then a message. */
+export interface Logger {
+  debug (obj: object, msg: string): void
+  info (obj: object, msg: string): void
+  warn (obj: object, msg: string): void
+  error (obj: object, msg: string): void
+}
+
+/** A certificate, as events report it. */
+export interface CertificateEvent {
+  domain: string
+  keyType: KeyType
+  /** Upper-case hex. */
+  serial: string
+  notAfter: Date
+}
+
+/** Why no order is placed for a while: the name's failures (shared by the fleet), or the fleet's spent order budget. */
+export type BackoffReason = 'failures' | 'budget'
+
+/** The events of `fastify.autocert.on()` and `AutocertServer.on()`, with their payloads. */
+export interface AutocertEvents {
+  /** This instance ordered the first certificate it serves for `domain`. */
+  obtained: [CertificateEvent]
+  /** This instance ordered a certificate to replace the one it served (`previousSerial`). */
+  renewed: [CertificateEvent & { previousSerial: string }]
+  /** A certificate was taken from the store: at start-up, or one another instance obtained. */
+  loaded: [CertificateEvent]
+  /** An order failed, or the store could not be read; `retryAt` when a retry is scheduled. */
+  failed: [{ domain: string, error: { message: string, code?: string }, retryAt?: Date }]
+  /** No order for `domain` before `retryAt`: after failures (shared by the fleet), or the fleet's order budget is spent. */
+  backoff: [{ domain: string, retryAt: Date, reason: BackoffReason }]
+  /** This instance waits for the lock on `domain`, held by `holder` (that instance's instanceId, when the store knows it). */
+  'lock-wait': [{ domain: string, holder?: string }]
+}
+
+/** What status() reports for one certificate of a domain. */
+export interface DomainStatus {
+  domain: string
+  /** Which of the name's certificates this is: one entry per name and key type. */
+  keyType: KeyType
+  /** Serial of the certificate being served, upper-case hex; undefined before the first one. */
+  serial?: string
+  notAfter?: Date
+  /** When this instance will next try to renew (or retry after a failure). */
+  renewAt?: Date
+  /** The last failure to load or obtain a certificate, cleared by the next success. */
+  lastError?: { message: string, at: Date }
+  /** Set while the fleet-wide failure backoff (or order budget) forbids a new order. */
+  retryAfter?: Date
+  /** While this instance holds the domain's lock (its own instanceId) or waits for it (the holder's, `'unknown'` if not recorded). */
+  lockHolder?: string
+  /** The name is not listed: allowed by onDemand.allow(). */
+  onDemand?: true
+}
+
+/** The event emitter behind on()/off(): a listener that throws is logged and never breaks the work that emitted. */
+export class AutocertEmitter extends EventEmitter<AutocertEvents> {
+  readonly #log: Logger
+
+  constructor (log: Logger) {
+    super()
+    this.#log = log
+  }
+
+  /** Emits `event`; a throwing listener is logged, never thrown to the emitter. */
+  tell<E extends keyof AutocertEvents> (event: E, ...args: AutocertEvents[E]): void {
+    try {
+      (this.emit as (event: E, ...args: AutocertEvents[E]) => boolean)(event, ...args)
+    } catch (err) {
+      this.#log.error({ event, error: errorFields(err) }, 'an autocert event listener threw')
+    }
+  }
+}
+
+export function errorMessage (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+/** An error as log fields: its type, message and code (never its stack or its cause, which may quote a request). */
+export function errorFields (err: unknown): { type?: string, message: string, code?: unknown } {
+  return err instanceof Error
+    ? { type: err.name, message: err.message, code: (err as { code?: unknown }).code }
+    : { message: String(err) }
+}
+
+/** An error's `code`, when it is a string (the plugin's FST_AUTOCERT_*, Node's, the SDK's). */
+export function errorCode (err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code
+  return typeof code === 'string' ? code : undefined
+}
+
+/** Client-sent text made safe for a log line or an error message. */
+export function printable (text: string): string {
+  return JSON.stringify(String(text).slice(0, 100))
+}

@@ -1,0 +1,101 @@
+import type { Clock } from '../clock'
+import { storeKeys } from '../store/keys'
+import { readRecord, type CertStore, type Lock } from '../store/store'
+import { LockQueue } from './lock-queue'
+
+const HOUR = 3_600_000
+
+export interface OrderBudgetOptions {
+  store: CertStore
+  /** New orders the whole fleet may place in any hour. */
+  maxOrdersPerHour: number
+  /** Recorded with the budget's lock while this instance holds it. */
+  holder: string
+  clock: Clock
+  /** Ends waits for the budget's lock (the manager is closing). */
+  closing: AbortSignal
+}
+
+/**
+ * The fleet's budget of new orders: a log of the last hour's orders in the
+ * store, read and written under its own lock. A claim is opened before an
+ * order (the lock taken, the log read), then spent once (the order counted, or
+ * refused) and released in one place, whether or not it was spent.
+ */
+export class OrderBudget {
+  readonly #opts: OrderBudgetOptions
+  // Polling the store for the budget's lock spaced a start-up's first orders a second apart.
+  readonly #queue = new LockQueue()
+
+  constructor (opts: OrderBudgetOptions) {
+    this.#opts = opts
+  }
+
+  /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). */
+  open (): BudgetClaim {
+    return new BudgetClaim(this.#read(), this.#opts)
+  }
+
+  async #read (): Promise<Opened> {
+    const { store, holder, closing, clock } = this.#opts
+    const lock = await this.#queue.take(() => store.lock(storeKeys.orderLog, closing, { holder }), closing)
+    try {
+      const since = clock.now() - HOUR
+      return { lock, recent: parseOrderLog(await readRecord(store, storeKeys.orderLog)).filter((at) => at > since) }
+    } catch (err) {
+      await lock.release()
+      throw err
+    }
+  }
+}
+
+interface Opened {
+  lock: Lock
+  /** Times of the last hour's orders, oldest first. */
+  recent: number[]
+}
+
+/** One order's claim on the budget: spend() once, release() always. */
+export class BudgetClaim {
+  readonly #opened: Promise<Opened>
+  readonly #opts: OrderBudgetOptions
+
+  constructor (opened: Promise<Opened>, opts: OrderBudgetOptions) {
+    this.#opened = opened
+    this.#opts = opts
+    // Whoever spends it gets the rejection; nobody may, when the order turns out not to be needed.
+    opened.catch(() => {})
+  }
+
+  /**
+   * Counts one order in the fleet's log and frees the budget for the next
+   * order before this one talks to the CA. When the hour's budget is spent,
+   * counts nothing and returns when the next order may be placed.
+   */
+  async spend (): Promise<{ spent: true } | { spent: false, retryAt: number }> {
+    const { lock, recent } = await this.#opened
+    const { store, maxOrdersPerHour, clock } = this.#opts
+    try {
+      if (recent.length >= maxOrdersPerHour) return { spent: false, retryAt: recent[0] + HOUR }
+      lock.signal.throwIfAborted()
+      await store.put(storeKeys.orderLog, JSON.stringify([...recent, clock.now()]))
+      return { spent: true }
+    } finally {
+      void this.release()
+    }
+  }
+
+  /** Releases the budget's lock (once it has been taken); never throws, releasing twice is a no-op. */
+  async release (): Promise<void> {
+    await this.#opened.then((opened) => opened.lock.release(), () => {})
+  }
+}
+
+function parseOrderLog (data: Buffer | undefined): number[] {
+  try {
+    const log: unknown = JSON.parse(data?.toString('utf8') ?? '[]')
+    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)) : []
+  } catch {
+    return []
+  }
+}

@@ -1,0 +1,25 @@
+import type { Settings } from '../options'
+import { AzureBlobStore } from './azure-blob'
+import { EncryptedStore } from './encrypted'
+import { isCertStore, type CertStore } from './store'
+
+/** The store the front ends use, and how to close it. */
+export interface BuiltStore {
+  store: CertStore
+  /** Closes what the plugin built (an AzureBlobStore made from options); a store the user passed is theirs to close. */
+  close: () => Promise<void>
+}
+
+/**
+ * The one place that makes the store of the options: the user's own, or an
+ * AzureBlobStore built from its options (which throws its own coded errors);
+ * sealed by an EncryptedStore when `encryption` is set.
+ */
+export function buildStore ({ store, encryption }: Pick<Settings, 'store' | 'encryption'>): BuiltStore {
+  const own = isCertStore(store) ? undefined : new AzureBlobStore(store)
+  const base = own ?? (store as CertStore)
+  return {
+    store: encryption === undefined ? base : new EncryptedStore(base, encryption),
+    close: async () => { await own?.close() }
+  }
+}
