@@ -64,6 +64,7 @@ export function registerAutocertMetrics (autocert: Pick<Autocert, 'on' | 'status
 
   // A gauge is rebuilt from status() at each scrape: names dropped from memory disappear.
   const gauge = (name: string, help: string, labelNames: string[], sample: (d: DomainStatus, set: (labels: Labels, value: number) => void) => void): void => {
+    // eslint-disable-next-line no-new -- a prom-client metric registers itself with `registers`
     new Gauge({
       name,
       help,

@@ -4,6 +4,7 @@ import { isIP } from 'node:net'
 const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/
 // Characters with a meaning in URL syntax: domainToASCII would cut the name at
 // them ('example.com/x' -> 'example.com'), so they are refused before it runs.
+// eslint-disable-next-line no-control-regex -- control characters are exactly what it refuses
 const URL_SYNTAX = /[\x00-\x20\x7f/\\?#@:%[\]]/
 
 /**

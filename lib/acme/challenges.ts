@@ -20,7 +20,6 @@ export interface ChallengeSolver {
 // ACME tokens carry at least 128 bits of entropy as base64url (RFC 8555 8.3).
 const TOKEN = /^[A-Za-z0-9_-]{22,128}$/
 
-
 interface Pending {
   /** The name the token was issued for: it answers for that Host only. */
   domain: string

@@ -16,7 +16,6 @@ export interface IssuerOptions {
   solvers: readonly ChallengeSolver[]
 }
 
-
 /*
  * acme-client has no request timeout and cannot be cancelled: a CA that accepts
  * connections and never answers would hold an order (and its cluster lock) for

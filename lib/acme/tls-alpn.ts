@@ -9,7 +9,6 @@ import type { ChallengeSolver } from './challenges'
 /** The ALPN protocol of RFC 8737: the CA validating offers it, alone. */
 const ACME_TLS_1 = 'acme-tls/1'
 
-
 export type ALPNCallbackFn = (this: TLSSocket, hello: { servername: string, protocols: string[] }) => string | undefined
 
 // Connections taken for the CA's validation: their SNICallback serves the

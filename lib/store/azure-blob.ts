@@ -366,7 +366,6 @@ function invalid (message: string): TypeError {
   return Object.assign(new TypeError(`AzureBlobStore: ${message}`), { code: INVALID_OPTIONS })
 }
 
-
 function isStorageError (err: unknown, statusCode: number, code?: string): boolean {
   return err instanceof RestError && err.statusCode === statusCode && (code === undefined || err.code === code)
 }

@@ -136,6 +136,7 @@ export function sendClientHello (port: number, options: HelloOptions, timeoutMs 
     }
     socket.on('data', (chunk: Buffer) => {
       input = Buffer.concat([input, chunk])
+      // eslint-disable-next-line no-unmodified-loop-condition -- finish(), called in the loop, sets it
       while (input.length >= 5 && !settled) {
         const length = input.readUInt16BE(3)
         if (input.length < 5 + length) return

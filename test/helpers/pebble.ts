@@ -15,7 +15,7 @@ export interface PebbleOptions {
   tlsPort?: number             // TLS-ALPN-01 port (default: a free port)
   validityPeriod?: number      // certificateValidityPeriod in seconds (default Pebble's)
   env?: Record<string, string> // extra env, e.g. PEBBLE_WFE_NONCEREJECT. Authorization reuse is off by default
-                               // (PEBBLE_AUTHZREUSE=0): every order is validated, so tests see real HTTP-01 traffic.
+  // (PEBBLE_AUTHZREUSE=0): every order is validated, so tests see real HTTP-01 traffic.
 }
 
 export interface Pebble {
