@@ -13,7 +13,7 @@ import tls from 'node:tls'
 import Fastify, { type FastifyInstance } from 'fastify'
 import autocert, { MemoryStore, SNICallback } from '../lib'
 import { encodeBundle } from '../lib/certificate'
-import { createCa } from './ca'
+import { createCa } from '../test/support/ca'
 import { fmt, log, median, profileArgs, quantile, startWorker, type Figure } from './common'
 import type { ClientSetup, SliceRequest, SliceResult } from './handshake-client'
 

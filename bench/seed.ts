@@ -10,7 +10,7 @@
  */
 import { AzureBlobStore } from '../lib'
 import { encodeBundle } from '../lib/certificate'
-import { createCa, type TestCa } from './ca'
+import { createCa, type TestCa } from '../test/support/ca'
 import { benchDomain, log, pool, type Services } from './common'
 
 const UPLOAD_CONCURRENCY = 32

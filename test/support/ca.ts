@@ -1,9 +1,9 @@
 /*
- * A tiny test CA for the benchmarks: ECDSA P-256 certificates built with
- * node:crypto and a minimal DER encoder. Pebble issues one certificate per
- * order (about 0.4 s each); figure 2 needs 10,000 stored bundles that pass
- * decodeBundle (key matches, name matches), so they are signed here instead,
- * at about 0.1 ms each.
+ * A tiny local CA: ECDSA P-256 certificates built with node:crypto and a
+ * minimal DER encoder, at about 0.1 ms each. Pebble issues one certificate
+ * per order (about 0.4 s); the benchmarks need 10,000 stored bundles that pass
+ * decodeBundle (key matches, name matches), and the unit tier needs
+ * certificates whose validity follows its own clock, so they are signed here.
  */
 import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto'
 
@@ -17,18 +17,22 @@ export interface Issued {
 export interface TestCa {
   /** PEM of the CA certificate: the trust anchor for clients. */
   cert: string
-  /** A leaf for `name`, valid from an hour ago for `days` days. */
-  issue (name: string, days?: number): Issued
+  /** A leaf for `name`, valid from `notBefore` (ms; default an hour ago) for `lifetime` (ms; default 90 days). */
+  issue (name: string, validity?: { notBefore?: number, lifetime?: number }): Issued
 }
 
-export function createCa (commonName = 'fastify-autocert bench CA'): TestCa {
+const HOUR = 3600_000
+const DAY = 24 * HOUR
+
+export function createCa (commonName = 'fastify-autocert test CA'): TestCa {
   const ca = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
   const caDer = certificate({
     subject: commonName,
     issuer: commonName,
     publicKey: ca.publicKey,
     signer: ca.privateKey,
-    days: 30,
+    notBefore: Date.now() - 10 * 365 * DAY,
+    lifetime: 20 * 365 * DAY,
     extensions: [
       extension('2.5.29.19', true, seq(bool(true))), // basicConstraints cA
       extension('2.5.29.15', true, tlv(0x03, Buffer.from([0x01, 0x06]))) // keyUsage keyCertSign, cRLSign
@@ -37,14 +41,15 @@ export function createCa (commonName = 'fastify-autocert bench CA'): TestCa {
   const caPem = pem('CERTIFICATE', caDer)
   return {
     cert: caPem,
-    issue (name, days = 90) {
+    issue (name, { notBefore = Date.now() - HOUR, lifetime = 90 * DAY } = {}) {
       const leaf = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
       const der = certificate({
         subject: name,
         issuer: commonName,
         publicKey: leaf.publicKey,
         signer: ca.privateKey,
-        days,
+        notBefore,
+        lifetime,
         extensions: [
           extension('2.5.29.19', true, seq()), // basicConstraints: not a CA
           extension('2.5.29.15', true, tlv(0x03, Buffer.from([0x07, 0x80]))), // keyUsage digitalSignature
@@ -65,15 +70,18 @@ interface CertificateFields {
   issuer: string
   publicKey: KeyObject
   signer: KeyObject
-  days: number
+  /** ms since the epoch */
+  notBefore: number
+  /** ms */
+  lifetime: number
   extensions: Buffer[]
 }
 
 const ECDSA_WITH_SHA256 = (): Buffer => seq(oid('1.2.840.10045.4.3.2'))
 
 function certificate (f: CertificateFields): Buffer {
-  const notBefore = new Date(Date.now() - 3600_000)
-  const notAfter = new Date(notBefore.getTime() + f.days * 86400_000)
+  const notBefore = new Date(f.notBefore)
+  const notAfter = new Date(f.notBefore + f.lifetime)
   const serial = randomBytes(16)
   serial[0] = (serial[0] & 0x3f) | 0x40 // positive, no leading zero byte: minimal DER
   const tbs = seq(

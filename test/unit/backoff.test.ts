@@ -1,0 +1,104 @@
+// Unit tier: the failure backoff and the order budget, on a manual clock (see test/helpers/unit.ts).
+import t from 'tap'
+import { storeKeys } from '../../lib/store/keys'
+import { unitManager } from '../helpers/unit'
+
+const MIN = 60_000
+const HOUR = 60 * MIN
+const A = 'a.example.test'
+
+t.test('a failing name is tried at 0, 1, 11, 31 and 61 minutes, by the record the fleet shares; handshakes meanwhile get FST_AUTOCERT_BACKOFF', async (t) => {
+  const { manager, clock, issuer, store } = unitManager({ domains: [A] })
+  t.teardown(() => manager.close())
+  const backoffs: Array<{ retryAt: Date, reason: string }> = []
+  manager.events.on('backoff', (e) => backoffs.push(e))
+  issuer.failWith = new Error('the CA says no')
+  const t0 = clock.now()
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 1, 'ordered once at start')
+  const record = JSON.parse(String(await store.get(storeKeys.failure(A))))
+  t.same(record, { failures: 1, error: 'the CA says no', at: t0, retryAt: t0 + MIN }, 'the failure record in the store')
+  t.same(manager.status()[0].retryAfter, new Date(t0 + MIN), 'status() shows the backoff')
+
+  await t.rejects(manager.certificate(A), { code: 'FST_AUTOCERT_BACKOFF', message: /the last attempt failed/ })
+  t.equal(issuer.calls.length, 1, 'a handshake in backoff places no order')
+
+  await clock.advance(61 * MIN)
+  t.same(issuer.calls.map((c) => (c.at - t0) / MIN), [0, 1, 11, 31, 61], 'retried at the default steps: 4 attempts in any hour')
+  t.same(backoffs.map((b) => (b.retryAt.getTime() - t0) / MIN), [1, 11, 31, 61, 121], 'a backoff event per failure, with its retry time')
+  t.ok(backoffs.every((b) => b.reason === 'failures'))
+  t.equal(JSON.parse(String(await store.get(storeKeys.failure(A)))).failures, 5)
+
+  issuer.failWith = undefined
+  await clock.advance(60 * MIN)
+  t.equal(issuer.calls.length, 6, 'the sixth attempt, an hour later (the 1 h step)')
+  t.ok(manager.status()[0].serial, 'and it has a certificate')
+  t.equal(await store.get(storeKeys.failure(A)), undefined, 'the failure record is gone')
+  t.equal(manager.status()[0].retryAfter, undefined)
+})
+
+t.test('retryDelays replaces the steps; the last one repeats', async (t) => {
+  const { manager, clock, issuer } = unitManager({ domains: [A], retryDelays: [5_000, 30_000] })
+  t.teardown(() => manager.close())
+  issuer.failWith = new Error('down')
+  const t0 = clock.now()
+  manager.start()
+  await clock.advance(100_000)
+  t.same(issuer.calls.map((c) => (c.at - t0) / 1000), [0, 5, 35, 65, 95])
+})
+
+t.test('a failure record another instance left is honoured: no order before its retryAt', async (t) => {
+  const { manager, clock, issuer, store } = unitManager({ domains: [A] })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  await store.put(storeKeys.failure(A), JSON.stringify({ failures: 3, error: 'rate limited by the CA', at: t0 - MIN, retryAt: t0 + 10 * MIN }))
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 0, 'no order')
+  t.same(manager.status()[0].lastError, { message: 'rate limited by the CA', at: new Date(t0 - MIN) }, 'the other instance\'s error')
+  await t.rejects(manager.certificate(A), { code: 'FST_AUTOCERT_BACKOFF' })
+  await clock.advance(10 * MIN)
+  t.same(issuer.calls.map((c) => c.at - t0), [10 * MIN], 'ordered when the record says')
+})
+
+t.test('the fleet\'s order budget: orders past maxOrdersPerHour wait for the next slot and are refused with FST_AUTOCERT_RATE_LIMITED', async (t) => {
+  const names = ['a.example.test', 'b.example.test', 'c.example.test', 'd.example.test']
+  const { manager, clock, issuer, store, log } = unitManager({ domains: names, maxOrdersPerHour: 2 })
+  t.teardown(() => manager.close())
+  const backoffs: Array<{ domain: string, retryAt: Date, reason: string }> = []
+  manager.events.on('backoff', (e) => backoffs.push(e))
+  const t0 = clock.now()
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 2, 'two orders in the first hour')
+  const waiting = names.filter((n) => !issuer.names.includes(n))
+  t.same(backoffs.map((b) => [b.domain, b.reason, b.retryAt.getTime() - t0]).sort(), waiting.map((n) => [n, 'budget', HOUR]),
+    'the others are postponed to the next slot, for the budget')
+  t.same(JSON.parse(String(await store.get(storeKeys.orderLog))), [t0, t0], 'the order log holds both orders')
+  for (const name of waiting) t.equal(await store.get(storeKeys.failure(name)), undefined, `${name}: not a failure of the name`)
+  t.ok(log.lines.some((l) => l.msg === 'order budget used up: order postponed' && l.obj.maxOrdersPerHour === 2))
+
+  // A handshake meanwhile is told why, and when: the budget, not a failure.
+  const err = await manager.certificate(waiting[0]).catch((e: unknown) => e)
+  t.match(err, { code: 'FST_AUTOCERT_RATE_LIMITED', message: new RegExp(`placed 2 orders in the last hour .* next slot at ${new Date(t0 + HOUR).toISOString()}`) })
+  t.match(manager.status().find((s) => s.domain === waiting[0]), { retryAfter: new Date(t0 + HOUR), lastError: { message: /maxOrdersPerHour/ } })
+  t.equal(issuer.calls.length, 2, 'and no order')
+
+  await clock.advance(HOUR)
+  t.equal(issuer.calls.length, 4, 'ordered once the first hour\'s orders left the log')
+  t.ok(manager.status().every((s) => s.serial !== undefined && s.retryAfter === undefined))
+})
+
+t.test('renew() orders past the backoff, still inside the budget', async (t) => {
+  const { manager, clock, issuer } = unitManager({ domains: [A], maxOrdersPerHour: 1 })
+  t.teardown(() => manager.close())
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 1)
+  await t.rejects(manager.renew(A), { code: 'FST_AUTOCERT_RATE_LIMITED' }, 'the budget binds renew() too')
+  await clock.advance(HOUR)
+  const serial = manager.status()[0].serial
+  const renewed = await manager.renew(A)
+  t.not(renewed.serial, serial, 'a new certificate once the budget has room')
+})

@@ -1,0 +1,109 @@
+// Unit tier: on-demand names (allow() answers, their TTLs, the LRU) and refusals, on a manual clock (see test/helpers/unit.ts).
+import t from 'tap'
+import { ALLOWED_TTL, DENIED_TTL } from '../../lib/on-demand'
+import { unitManager } from '../helpers/unit'
+
+const onDemand = (allow: (name: string) => boolean | Promise<boolean>, cacheSize = 100): { allow: typeof allow, timeout: number, cacheSize: number } =>
+  ({ allow, timeout: 5000, cacheSize })
+
+t.test('allow() answers are kept: yes for 10 minutes, no for 1 minute, one call in flight per name', async (t) => {
+  const asked: string[] = []
+  const { manager, clock } = unitManager({ domains: [], onDemand: onDemand((name) => { asked.push(name); return name.startsWith('yes.') }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  await Promise.all([manager.certificate('yes.example.test'), manager.certificate('yes.example.test')])
+  await Promise.all([1, 2].map(async () => await t.rejects(manager.certificate('no.example.test'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })))
+  t.same(asked, ['yes.example.test', 'no.example.test'], 'one call per name')
+  await clock.advance(DENIED_TTL - 1)
+  await t.rejects(manager.certificate('no.example.test'))
+  t.equal(asked.length, 2, 'no is trusted for a minute')
+  await clock.advance(1)
+  await t.rejects(manager.certificate('no.example.test'))
+  t.same(asked.slice(2), ['no.example.test'], 'then asked again')
+  t.equal(ALLOWED_TTL, 10 * 60_000)
+})
+
+t.test('allow() that throws or outlasts its timeout means no, and says so in the log', async (t) => {
+  const { manager, clock, log, issuer } = unitManager({
+    domains: [],
+    onDemand: onDemand(async (name) => {
+      if (name.startsWith('throws.')) throw new Error('decision service down')
+      return await new Promise<boolean>(() => {})
+    })
+  })
+  t.teardown(() => manager.close())
+  await t.rejects(manager.certificate('throws.example.test'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })
+  const slow = manager.certificate('slow.example.test')
+  slow.catch(() => {})
+  await clock.advance(4999)
+  t.equal(log.lines.filter((l) => l.msg.startsWith('onDemand.allow() failed')).length, 1, 'still waiting before the timeout')
+  await clock.advance(1)
+  await t.rejects(slow, { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' }, 'refused at the timeout, on the clock')
+  t.same(log.lines.filter((l) => l.msg.startsWith('onDemand.allow() failed')).map((l) => l.obj.domain), ['throws.example.test', 'slow.example.test'])
+  t.equal(issuer.calls.length, 0)
+})
+
+t.test('names that do not normalise never reach allow(); refusals are logged once per 10 s with a count', async (t) => {
+  const asked: string[] = []
+  const { manager, clock, log } = unitManager({ domains: ['listed.example.test'], onDemand: onDemand((name) => { asked.push(name); return false }) })
+  t.teardown(() => manager.close())
+  for (const name of ['../etc/passwd', '*.example.test', '127.0.0.1', 'a..example.test', 'x'.repeat(300)]) {
+    await t.rejects(manager.certificate(name), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED' })
+  }
+  t.same(asked, [], 'allow() never saw them')
+  const refusals = (): Array<Record<string, unknown>> => log.lines.filter((l) => l.msg === 'refused TLS server name').map((l) => l.obj)
+  t.equal(refusals().length, 1, 'one log line for the burst')
+  await clock.advance(10_000)
+  await t.rejects(manager.certificate('other.example.test'))
+  t.match(refusals()[1], { refused: 5, servername: '"other.example.test"' }, 'then one with the count since')
+})
+
+t.test('without onDemand, names not listed are refused without a store call', async (t) => {
+  const { manager, store } = unitManager({ domains: ['listed.example.test'] })
+  t.teardown(() => manager.close())
+  const reads: string[] = []
+  const get = store.get.bind(store)
+  store.get = async (key) => { reads.push(key); return await get(key) }
+  await t.rejects(manager.certificate('other.example.test'), { code: 'FST_AUTOCERT_NAME_NOT_ALLOWED', message: /"other\.example\.test"/ })
+  t.same(reads, [])
+})
+
+t.test('on-demand names beyond cacheSize are dropped least recently used first, with their timers, and read back from the store', async (t) => {
+  const { manager, clock, issuer } = unitManager({ domains: [], onDemand: onDemand(() => true, 2) })
+  t.teardown(() => manager.close())
+  manager.start()
+  const names = (): string[] => manager.status().map((s) => s.domain).sort()
+  const a = await manager.certificate('a.example.test')
+  await manager.certificate('b.example.test')
+  await manager.certificate('c.example.test')
+  t.same(names(), ['b.example.test', 'c.example.test'], 'a, the least recently used, is dropped')
+  t.equal(clock.pending, 2, 'and its renewal timer with it')
+  await manager.certificate('b.example.test')
+  await manager.certificate('d.example.test')
+  t.same(names(), ['b.example.test', 'd.example.test'], 'b was used since: c goes')
+  const again = await manager.certificate('a.example.test')
+  t.equal(again.serial, a.serial, 'a dropped name is read back from the store')
+  t.equal(issuer.calls.length, 4, 'with no new order')
+  t.ok(manager.status().every((s) => s.onDemand === true))
+})
+
+t.test('at renewal, allow() is asked again: a name it refuses now is dropped, not renewed', async (t) => {
+  let allowed = true
+  const { manager, clock, issuer } = unitManager({ domains: [], onDemand: onDemand(() => allowed) })
+  t.teardown(() => manager.close())
+  manager.start()
+  issuer.lifetime = 30 * 60_000
+  await manager.certificate('tenant.example.test')
+  allowed = false
+  await clock.advance(30 * 60_000)
+  t.equal(issuer.calls.length, 1, 'not renewed')
+  t.same(manager.status(), [], 'and dropped from memory')
+  t.equal(clock.pending, 0, 'with no timer left')
+})
+
+t.test('a closed manager orders nothing', async (t) => {
+  const { manager, issuer } = unitManager({ domains: ['a.example.test'] })
+  await manager.close()
+  await t.rejects(manager.certificate('a.example.test'), { code: 'FST_AUTOCERT_CLOSED' })
+  t.equal(issuer.calls.length, 0)
+})
