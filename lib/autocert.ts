@@ -1,3 +1,4 @@
+// The core both front ends share (createAutocert): builds the store, issuer, challenges and manager, and answers HTTP-01, TLS-ALPN-01 and SNI.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { SecureContext, TLSSocket } from 'node:tls'

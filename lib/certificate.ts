@@ -1,3 +1,4 @@
+// A certificate bundle: its stored form, its parsed fields and its TLS context.
 import { X509Certificate } from 'node:crypto'
 import { createSecureContext, type SecureContext } from 'node:tls'
 import { FST_AUTOCERT_CORRUPT } from './errors'

@@ -1,3 +1,4 @@
+// Time as the manager reads it, so that tests can move it.
 /**
  * Time as the certificate manager reads it: the system's by default, or one a
  * test moves by hand, so backoff, budget and renewal can be checked in seconds.

@@ -1,3 +1,4 @@
+// Every error the plugin raises, with its FST_AUTOCERT_* code.
 import createError from '@fastify/error'
 
 /*

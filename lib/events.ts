@@ -1,3 +1,4 @@
+// What the plugin tells the outside: logger, events, status() and error fields.
 import { EventEmitter } from 'node:events'
 import type { KeyType } from './acme/issuer'
 

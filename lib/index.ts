@@ -1,3 +1,4 @@
+// The package entry: the plugin and everything public, nothing else.
 export { default, SNICallback, ALPNCallback } from './plugin'
 export { createAutocert, CHALLENGE_PATH } from './autocert'
 export type { Autocert, AutocertServer, CertificateInfo, ChallengeMiddleware, SNICallbackFn } from './autocert'

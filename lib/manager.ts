@@ -1,3 +1,4 @@
+// The certificate manager: each name's certificates from memory, the store or a new order, and their renewal.
 import type { SecureContext } from 'node:tls'
 import type { KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'

@@ -1,3 +1,4 @@
+// SNI and option host names, normalised the way a certificate names them, or refused.
 import { domainToASCII } from 'node:url'
 import { isIP } from 'node:net'
 

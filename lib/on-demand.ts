@@ -1,3 +1,4 @@
+// The on-demand policy: which unlisted names may have a certificate, and which stay in memory.
 import { timeoutSignal, type Clock } from './clock'
 import { errorFields, printable, type Logger } from './events'
 import { untilAborted } from './signals'

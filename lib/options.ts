@@ -1,3 +1,4 @@
+// The options: their types and docs, one rule per option, and Settings, what the rules return.
 import { hostname } from 'node:os'
 import * as acme from 'acme-client'
 import type { ChallengeType } from './acme/challenges'

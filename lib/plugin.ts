@@ -1,3 +1,4 @@
+// The Fastify plugin: validates the options, decorates `fastify.autocert`, adds the challenge route and the hooks, over the core in autocert.ts.
 import type { SecureContext, TLSSocket } from 'node:tls'
 import type { FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'

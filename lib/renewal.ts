@@ -1,3 +1,4 @@
+// When to renew, and how long to wait after failures.
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
 const DAY = 24 * HOUR

@@ -1,6 +1,5 @@
+// Abort-signal helpers shared by the stores and the manager.
 import { setTimeout as delay } from 'node:timers/promises'
-
-/** Abort-signal plumbing shared by the stores and the manager. */
 
 export interface LinkedSignal {
   signal: AbortSignal

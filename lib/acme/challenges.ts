@@ -1,3 +1,4 @@
+// The challenge contract, and HTTP-01 answers kept in the store.
 import type { Authorization } from 'acme-client'
 import { normalizeName } from '../names'
 import { storeKeys } from '../store/keys'

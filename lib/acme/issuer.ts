@@ -1,3 +1,4 @@
+// One issuance with acme-client: account, order, challenges, finalize.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
 import { sleep, untilAborted } from '../signals'

@@ -1,3 +1,4 @@
+// TLS-ALPN-01: challenge certificates in the store, and the ALPNCallback that serves them.
 import type { SecureContext, TLSSocket } from 'node:tls'
 import * as acme from 'acme-client'
 import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'

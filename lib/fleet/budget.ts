@@ -1,3 +1,4 @@
+// The fleet's budget of new orders per hour, kept in the store under its own lock.
 import type { Clock } from '../clock'
 import { storeKeys } from '../store/keys'
 import { readRecord, type CertStore, type Lock } from '../store/store'

@@ -1,3 +1,4 @@
+// The fleet's failure records: the backoff every instance follows.
 import type { Clock } from '../clock'
 import { errorMessage } from '../events'
 import { retryDelay } from '../renewal'

@@ -1,3 +1,4 @@
+// This process's takers of one store lock, queued in memory.
 import { untilAborted } from '../signals'
 import type { Lock } from '../store/store'
 

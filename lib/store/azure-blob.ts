@@ -1,3 +1,4 @@
+// The Azure Blob Storage store: one blob per key, leases for locks.
 import { randomUUID } from 'node:crypto'
 import {
   AnonymousCredential,

@@ -1,3 +1,4 @@
+// Makes the store the options name, and knows who closes it.
 import type { Settings } from '../options'
 import { AzureBlobStore } from './azure-blob'
 import { EncryptedStore } from './encrypted'

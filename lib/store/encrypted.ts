@@ -1,3 +1,4 @@
+// A store wrapper that seals every value with AES-256-GCM.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
 import { FST_AUTOCERT_CORRUPT } from '../errors'
 import type { CertStore, Lock, LockOptions } from './store'

@@ -1,3 +1,4 @@
+// The local directory store: one file per key, lock files.
 import { randomUUID } from 'node:crypto'
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
 import path from 'node:path'

@@ -1,3 +1,4 @@
+// A lock a built-in store holds: refreshed, and released once.
 import type { Lock } from './store'
 
 export interface HeldLockOptions {

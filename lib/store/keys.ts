@@ -1,3 +1,4 @@
+// Every store key the plugin writes, built in one place.
 import type { KeyType } from '../acme/issuer'
 
 /**

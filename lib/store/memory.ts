@@ -1,3 +1,4 @@
+// The in-process store, for tests.
 import { untilAborted } from '../signals'
 import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
 

@@ -1,3 +1,4 @@
+// The wait for a held lock that the built-in stores share.
 import { linkSignals, sleep } from '../signals'
 import type { LockOptions } from './store'
 

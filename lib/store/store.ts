@@ -1,3 +1,4 @@
+// The storage contract every store implements, the lock included.
 /**
  * The storage contract. Every instance of a cluster points at the same store:
  * it holds certificates, the ACME account key, pending HTTP-01 answers, failure
