@@ -15,7 +15,7 @@ import { OrderBudget, type BudgetClaim } from './fleet/budget'
 import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
 import { normalizeName } from './names'
-import { OnDemandPolicy, RefusalLog, type OnDemandSettings } from './on-demand'
+import { OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
@@ -116,7 +116,7 @@ export class CertificateManager {
     this.#opts = opts
     const clock = this.#clock = opts.clock ?? systemClock
     this.events = new AutocertEmitter(opts.log)
-    this.#onDemand = opts.onDemand && new OnDemandPolicy<Site>(opts.onDemand as OnDemandSettings, opts.log, clock)
+    this.#onDemand = opts.onDemand && new OnDemandPolicy<Site>(opts.onDemand, opts.log, clock)
     this.#refusals = new RefusalLog(opts.log, clock)
     this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock)
     this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, holder: opts.instanceId, clock, closing: this.#closing.signal })
