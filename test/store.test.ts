@@ -567,6 +567,31 @@ t.test('AzureBlobStore specifics', async (t) => {
     }
   })
 
+  t.test('a SAS without the permission is FST_AUTOCERT_STORE_AUTH with the service\'s reason', async (t) => {
+    // The nearest Azurite comes to a missing role: a credential it accepts that may not write.
+    const container = freshContainer()
+    await service().getContainerClient(container).create()
+    const sas = generateBlobSASQueryParameters({
+      containerName: container,
+      permissions: ContainerSASPermissions.parse('rl'),
+      expiresOn: new Date(Date.now() + 3600_000)
+    }, new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey)).toString()
+    const store = new AzureBlobStore({ containerUrl: `${azurite.blobEndpoint}/${container}?${sas}` })
+    t.teardown(() => store.close())
+    t.equal(await store.get('a.example.com'), undefined, 'reading is allowed')
+    const err = await rejection(store.put('a.example.com', 'x'))
+    t.match(err, {
+      code: 'FST_AUTOCERT_STORE_AUTH',
+      message: 'AzureBlobStore: store authentication failed: check the credential or its role assignment (403 AuthorizationPermissionMismatch: This request is not authorized to perform this operation using this permission.)',
+      cause: { statusCode: 403, code: 'AuthorizationPermissionMismatch' }
+    })
+    t.type((err as Error).cause, RestError, 'the cause is the sanitized RestError')
+    t.equal(((err as Error).cause as RestError).request, undefined, 'without the request')
+    const sig = new URLSearchParams(sas).get('sig')!
+    const text = [inspect(err, { depth: Infinity, showHidden: true }), String((err as Error).stack)].join('\n')
+    t.notOk(text.includes(sig) || text.includes(encodeURIComponent(sig)), 'the SAS signature appears nowhere')
+  })
+
   t.test('options are validated, and no message holds a secret', async (t) => {
     const { connectionString, accountName, accountKey, blobEndpoint } = azurite
     const credential = new StorageSharedKeyCredential(accountName, accountKey)
