@@ -82,3 +82,11 @@ export const FST_AUTOCERT_CORRUPT = createError<[string, string]>(
 export const FST_AUTOCERT_CLOSED = createError(
   'FST_AUTOCERT_CLOSED',
   'the certificate manager is closed')
+
+export const FST_AUTOCERT_STORE_AUTH = createError<[number, string, string]>(
+  'FST_AUTOCERT_STORE_AUTH',
+  'AzureBlobStore: store authentication failed: check the credential or its role assignment (%d %s: %s)')
+
+export const FST_AUTOCERT_STORE_CREDENTIAL = createError<[string]>(
+  'FST_AUTOCERT_STORE_CREDENTIAL',
+  'AzureBlobStore: options.credential.getToken() %s')

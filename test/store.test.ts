@@ -20,7 +20,7 @@ import { AzureBlobStore, type AzureBlobStoreOptions } from '../lib/store/azure-b
 import { FileStore } from '../lib/store/file'
 import { MemoryStore } from '../lib/store/memory'
 import { isCertStore, type CertStore, type Lock } from '../lib/store/store'
-import { startAzurite, type Azurite } from './helpers/azurite'
+import { entraCredential, startAzurite, trustAzurite, type Azurite } from './helpers/azurite'
 
 const { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } = fsp
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
@@ -48,6 +48,13 @@ const rejection = (p: Promise<unknown>): Promise<unknown> => p.then(
 let azurite: Azurite
 t.before(async () => { azurite = await startAzurite() })
 t.teardown(() => azurite.stop())
+// Over HTTPS, checking bearer tokens: the { accountUrl, credential } (managed identity) path.
+let oauthAzurite: Azurite
+t.before(async () => {
+  oauthAzurite = await startAzurite({ oauth: true })
+  t.teardown(trustAzurite(oauthAzurite))
+})
+t.teardown(() => oauthAzurite.stop())
 
 const service = (): BlobServiceClient => BlobServiceClient.fromConnectionString(azurite.connectionString)
 const freshContainer = (): string => `t${randomBytes(8).toString('hex')}`
@@ -228,8 +235,8 @@ function conformance (parent: tap.Test, name: string, make: (t: tap.Test) => Pro
   })
 }
 
-// The three backends run side by side; the tests of one backend run one at a time.
-t.test('conformance', { jobs: 3 }, async (t) => {
+// The backends run side by side; the tests of one backend run one at a time.
+t.test('conformance', { jobs: 4 }, async (t) => {
   conformance(t, 'MemoryStore', async () => ({ store: new MemoryStore() }), false)
 
   conformance(t, 'FileStore', async (t) => {
@@ -245,6 +252,15 @@ t.test('conformance', { jobs: 3 }, async (t) => {
 
   conformance(t, 'AzureBlobStore', async (t) => {
     const options = { connectionString: azurite.connectionString, container: freshContainer(), prefix: 'certs/' }
+    const store = new AzureBlobStore(options)
+    const siblings: CertStore[] = [store]
+    t.teardown(() => Promise.all(siblings.map((s) => s.close?.())))
+    return { store, sibling: () => { const s = new AzureBlobStore(options); siblings.push(s); return s } }
+  }, true)
+
+  // The real bearer path of the SDK: every request carries a token the oauth Azurite checks.
+  conformance(t, 'AzureBlobStore with a TokenCredential', async (t) => {
+    const options = { accountUrl: oauthAzurite.blobEndpoint, credential: entraCredential(), container: freshContainer(), prefix: 'certs/' }
     const store = new AzureBlobStore(options)
     const siblings: CertStore[] = [store]
     t.teardown(() => Promise.all(siblings.map((s) => s.close?.())))
@@ -549,6 +565,31 @@ t.test('AzureBlobStore specifics', async (t) => {
       const text = [inspect(err, { depth: Infinity, showHidden: true }), JSON.stringify(err), String((err as Error).stack)].join('\n')
       t.notOk(secrets.some((s) => text.includes(s)), `${what}: the SAS signature appears nowhere`)
     }
+  })
+
+  t.test('a SAS without the permission is FST_AUTOCERT_STORE_AUTH with the service\'s reason', async (t) => {
+    // The nearest Azurite comes to a missing role: a credential it accepts that may not write.
+    const container = freshContainer()
+    await service().getContainerClient(container).create()
+    const sas = generateBlobSASQueryParameters({
+      containerName: container,
+      permissions: ContainerSASPermissions.parse('rl'),
+      expiresOn: new Date(Date.now() + 3600_000)
+    }, new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey)).toString()
+    const store = new AzureBlobStore({ containerUrl: `${azurite.blobEndpoint}/${container}?${sas}` })
+    t.teardown(() => store.close())
+    t.equal(await store.get('a.example.com'), undefined, 'reading is allowed')
+    const err = await rejection(store.put('a.example.com', 'x'))
+    t.match(err, {
+      code: 'FST_AUTOCERT_STORE_AUTH',
+      message: 'AzureBlobStore: store authentication failed: check the credential or its role assignment (403 AuthorizationPermissionMismatch: This request is not authorized to perform this operation using this permission.)',
+      cause: { statusCode: 403, code: 'AuthorizationPermissionMismatch' }
+    })
+    t.type((err as Error).cause, RestError, 'the cause is the sanitized RestError')
+    t.equal(((err as Error).cause as RestError).request, undefined, 'without the request')
+    const sig = new URLSearchParams(sas).get('sig')!
+    const text = [inspect(err, { depth: Infinity, showHidden: true }), String((err as Error).stack)].join('\n')
+    t.notOk(text.includes(sig) || text.includes(encodeURIComponent(sig)), 'the SAS signature appears nowhere')
   })
 
   t.test('options are validated, and no message holds a secret', async (t) => {

@@ -9,6 +9,7 @@ import {
   type StorageRetryOptions,
   newPipeline
 } from '@azure/storage-blob'
+import { FST_AUTOCERT_STORE_AUTH, FST_AUTOCERT_STORE_CREDENTIAL } from '../errors'
 import { linkSignals, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
@@ -94,7 +95,11 @@ const DEFAULT_TIMEOUT_MS = 30_000
  *
  * Every SDK error leaves the store as a `RestError` that keeps `statusCode`, `code`
  * and `details` but not the SDK's `request`/`response`: those hold the request URL
- * with its SAS signature and the `Authorization` header.
+ * with its SAS signature and the `Authorization` header. A 403 authentication or
+ * authorization failure leaves it as `FST_AUTOCERT_STORE_AUTH`, its message giving
+ * the service's reason (`details.authenticationErrorDetail`), its `cause` that
+ * `RestError`. A `credential.getToken()` that throws or returns no token is
+ * `FST_AUTOCERT_STORE_CREDENTIAL`.
  */
 export class AzureBlobStore implements CertStore {
   readonly #client: ContainerClient
@@ -253,7 +258,7 @@ export class AzureBlobStore implements CertStore {
         // The container went away (deleted, or an emulator restarted): create it
         // again at the next call. Until then this is an error, never a miss.
         if (isStorageError(err, 404, 'ContainerNotFound')) this.#ready = undefined
-        throw sanitize(err)
+        throw storeError(err)
       })
       .finally(() => {
         clearTimeout(timer)
@@ -349,7 +354,7 @@ function checkOptions (options: AzureBlobStoreOptions): CheckedOptions {
     if (typeof credential !== 'object' || credential === null || typeof credential.getToken !== 'function') {
       throw invalid('options.credential must be a TokenCredential, e.g. new DefaultAzureCredential() from @azure/identity')
     }
-    service = new BlobServiceClient(url.href, credential as TokenCredential, pipelineOptions)
+    service = new BlobServiceClient(url.href, namedCredential(credential as TokenCredential), pipelineOptions)
   }
   return { client: service.getContainerClient(container), prefix, leaseSeconds, timeoutMs }
 }
@@ -365,6 +370,23 @@ function parseUrl (value: unknown, message: string): URL {
 
 function invalid (message: string): TypeError {
   return Object.assign(new TypeError(`AzureBlobStore: ${message}`), { code: INVALID_OPTIONS })
+}
+
+// The SDK passes on a getToken() error as it is and reports a null token as
+// "Failed to refresh access token.": neither says that the store's credential failed.
+function namedCredential (credential: TokenCredential): TokenCredential {
+  return {
+    getToken: async (scopes, options) => {
+      let token: Awaited<ReturnType<TokenCredential['getToken']>>
+      try {
+        token = await credential.getToken(scopes, options)
+      } catch (err) {
+        throw Object.assign(new FST_AUTOCERT_STORE_CREDENTIAL(`failed: ${redact(err instanceof Error ? err.message : String(err))}`), { cause: err })
+      }
+      if (typeof token?.token !== 'string' || token.token === '') throw new FST_AUTOCERT_STORE_CREDENTIAL('returned no token')
+      return token
+    }
+  }
 }
 
 function isStorageError (err: unknown, statusCode: number, code?: string): boolean {
@@ -383,8 +405,23 @@ function sanitize (err: unknown): unknown {
   return clean
 }
 
+// Azure answers 403 AuthenticationFailed for a token that is expired, for another
+// audience or from another issuer, and Authorization* codes for a missing role (or
+// a SAS without the permission); the reason is in details.authenticationErrorDetail
+// (for AuthenticationFailed) or the message's first line.
+function storeError (err: unknown): unknown {
+  const clean = sanitize(err)
+  if (!(clean instanceof RestError) || clean.statusCode !== 403 ||
+    (clean.code !== 'AuthenticationFailed' && clean.code?.startsWith('Authorization') !== true)) return clean
+  const detail = (clean.details as { authenticationErrorDetail?: unknown } | undefined)?.authenticationErrorDetail
+  const reason = typeof detail === 'string' && detail !== '' ? redact(detail) : clean.message.split('\n')[0]
+  return Object.assign(new FST_AUTOCERT_STORE_AUTH(403, clean.code, reason), { cause: clean })
+}
+
 // SDK messages hold no secrets today (checked with 12.32); this keeps it so if one
 // ever quotes a URL or a connection string.
 function redact (text: string): string {
-  return text.replace(/\b(sig|AccountKey|SharedAccessSignature)=[^&;\s'"]*/gi, '$1=REDACTED')
+  return text
+    .replace(/\b(sig|AccountKey|SharedAccessSignature)=[^&;\s'"]*/gi, '$1=REDACTED')
+    .replace(/\bBearer\s+[^\s'",;]+/gi, 'Bearer REDACTED')
 }
