@@ -3,10 +3,10 @@
  * lazily, stopped at the end), child processes, and result rows.
  */
 import path from 'node:path'
-import { startAzurite, type Azurite } from '../test/helpers/azurite'
-import { startPebble, trustPebble, type Pebble } from '../test/helpers/pebble'
-import { freePort } from '../test/helpers/ports'
-import { spawnTracked } from '../test/helpers/proc'
+import { startAzurite, type Azurite } from '../test/support/azurite'
+import { startPebble, trustPebble, type Pebble } from '../test/support/pebble'
+import { freePort } from '../test/support/ports'
+import { spawnTracked } from '../test/support/proc'
 
 export interface Settings {
   /** BENCH_QUICK=1: a smoke run, every figure with small numbers. */

@@ -5,8 +5,8 @@
  * verifies against Pebble's root.
  */
 import { AzureBlobStore } from '../lib'
-import { startApp } from '../test/helpers/app'
-import { handshake } from '../test/helpers/tls'
+import { startApp } from '../test/support/app'
+import { handshake } from '../test/support/tls'
 import { fmt, type Figure } from './common'
 
 const CLIENTS = 200

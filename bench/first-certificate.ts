@@ -1,6 +1,6 @@
 /*
  * Figure 3: time to the first certificate of a new listed domain, on Pebble
- * (no validation sleep). The plugin: an HTTPS app (test/helpers/app startApp:
+ * (no validation sleep). The plugin: an HTTPS app (test/support/app startApp:
  * Azure Blob store, HTTP-01 companion on Pebble's validation port) listing one
  * new domain; the clock starts when listen() resolves (its onListen hook has
  * just started the order: start() orders listed domains at once) and the first
@@ -18,8 +18,8 @@ import { X509Certificate } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import * as acme from 'acme-client'
 import { AzureBlobStore, type CertStore } from '../lib'
-import { startApp } from '../test/helpers/app'
-import { handshake } from '../test/helpers/tls'
+import { startApp } from '../test/support/app'
+import { handshake } from '../test/support/tls'
 import { fmt, log, median, type Figure, type Row } from './common'
 
 // lib/acme/issuer.ts POLLING: the same polling for the baseline.

@@ -10,7 +10,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import autocert, { AzureBlobStore, SNICallback } from '../lib'
-import { handshake } from '../test/helpers/tls'
+import { handshake } from '../test/support/tls'
 import { benchDomain, fmt, log, pool, type Figure, type Row } from './common'
 import { seedDomains } from './seed'
 

@@ -35,7 +35,7 @@ async function main (): Promise<void> {
 /** In the playground (playground.ts) the metrics get a free port, and a scrape is shown once the self-check passed. */
 async function inPlayground (run: () => Promise<void>): Promise<void> {
   // Loaded only here: a deployed server never loads the test helpers.
-  const { freePort } = await import('../test/helpers/ports.js')
+  const { freePort } = await import('../test/support/ports.js')
   const port = await freePort()
   // The playground starts the server with this process's environment plus its own settings.
   process.env.METRICS_PORT = String(port)

@@ -19,9 +19,9 @@ import path from 'node:path'
 import { createInterface } from 'node:readline'
 import type { PeerCertificate, TLSSocket } from 'node:tls'
 import { BlobServiceClient } from '@azure/storage-blob'
-import { startAzurite, type Azurite } from '../test/helpers/azurite'
-import { startPebble, type Pebble } from '../test/helpers/pebble'
-import { canConnect, waitUntil } from '../test/helpers/proc'
+import { startAzurite, type Azurite } from '../test/support/azurite'
+import { startPebble, type Pebble } from '../test/support/pebble'
+import { canConnect, waitUntil } from '../test/support/proc'
 
 const DOMAINS = ['www.example.test', 'api.example.test']
 const CONTAINER = 'autocertcache'

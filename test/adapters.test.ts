@@ -4,11 +4,11 @@ import type { AddressInfo, Server } from 'node:net'
 import express from 'express'
 import t from 'tap'
 import { AzureBlobStore, createAutocert, type AutocertOptions, type AutocertServer, type CertStore } from '../lib'
-import { eventually, spyStore } from './helpers/app'
-import { freePort } from './helpers/ports'
-import { canConnect } from './helpers/proc'
+import { eventually, spyStore } from './support/app'
+import { freePort } from './support/ports'
+import { canConnect } from './support/proc'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 /*
  * createAutocert() without Fastify, behind the two servers people use: an

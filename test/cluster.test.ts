@@ -1,11 +1,11 @@
 import { createServer, request, type Server } from 'node:http'
 import { BlobServiceClient } from '@azure/storage-blob'
 import t, { type Test } from 'tap'
-import { startAzurite, type Azurite } from './helpers/azurite'
+import { startAzurite, type Azurite } from './support/azurite'
 import { startInstance, type Instance, type InstanceOptions } from './helpers/instance'
-import { startPebble, type Pebble } from './helpers/pebble'
-import { freePort } from './helpers/ports'
-import { handshake } from './helpers/tls'
+import { startPebble, type Pebble } from './support/pebble'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
 
 // Three OS processes, one Azurite container, one Pebble: the fleet this plugin exists for.
 

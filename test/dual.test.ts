@@ -3,10 +3,10 @@ import { BlobServiceClient } from '@azure/storage-blob'
 import Fastify from 'fastify'
 import t from 'tap'
 import autocert, { ALPNCallback, AzureBlobStore, SNICallback } from '../lib'
-import { startApp, eventually } from './helpers/app'
-import { freePort } from './helpers/ports'
+import { startApp, eventually } from './support/app'
+import { freePort } from './support/ports'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 // Clients that accept only one kind of handshake signature, so the server must pick the
 // certificate they support. (In TLS 1.3 the list also governs the chain's signatures,

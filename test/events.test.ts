@@ -1,8 +1,8 @@
 import t from 'tap'
 import { AzureBlobStore, type Autocert, type AutocertEvents } from '../lib'
-import { startApp, eventually } from './helpers/app'
+import { startApp, eventually } from './support/app'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 type Seen = Array<{ event: keyof AutocertEvents, payload: Record<string, unknown> }>
 

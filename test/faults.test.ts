@@ -11,12 +11,12 @@ import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import autocert, { AzureBlobStore, EncryptedStore, MemoryStore, type CertStore, type DomainStatus } from '../lib'
 import { decodeBundle } from '../lib/certificate'
-import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
-import { startAzurite, type Azurite } from './helpers/azurite'
+import { startApp, eventually, spyStore, type TestApp } from './support/app'
+import { startAzurite, type Azurite } from './support/azurite'
 import { startCaProxy, trustProxy } from './helpers/ca-proxy'
-import { startPebble, trustPebble, type Pebble, type PebbleOptions } from './helpers/pebble'
-import { freePort } from './helpers/ports'
-import { handshake } from './helpers/tls'
+import { startPebble, trustPebble, type Pebble, type PebbleOptions } from './support/pebble'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
 
 // Faults of the two services the plugin depends on, each made real: Azurite
 // stopped and started again, Pebble's answers held, corrupt blobs written with

@@ -4,10 +4,10 @@ import { inspect } from 'node:util'
 import { BlobServiceClient, ContainerSASPermissions } from '@azure/storage-blob'
 import t from 'tap'
 import { AzureBlobStore, CHALLENGE_PATH, MemoryStore, type AzureBlobStoreOptions, type CertStore } from '../lib'
-import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
+import { startApp, eventually, spyStore, type TestApp } from './support/app'
 import { sendClientHello, type HelloAnswer } from './helpers/client-hello'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 /*
  * Hostile input from clients and secrets in output (issue 4), against real

@@ -4,8 +4,8 @@ import type { AddressInfo } from 'node:net'
 import * as acme from 'acme-client'
 import { BlobServiceClient } from '@azure/storage-blob'
 import t from 'tap'
-import { startAzurite } from './helpers/azurite'
-import { startPebble, trustPebble } from './helpers/pebble'
+import { startAzurite } from './support/azurite'
+import { startPebble, trustPebble } from './support/pebble'
 
 // Proves the shared test infrastructure: Pebble + challtestsrv issue a real
 // certificate over HTTP-01 to a local server, and Azurite stores blobs.

@@ -2,11 +2,11 @@ import { X509Certificate } from 'node:crypto'
 import { inspect } from 'node:util'
 import t from 'tap'
 import { AzureBlobStore } from '../lib'
-import { startApp, eventually } from './helpers/app'
-import { entraCredential, startAzurite, trustAzurite, type Azurite, type TokenClaims } from './helpers/azurite'
-import { startPebble, trustPebble, type Pebble } from './helpers/pebble'
-import { freePort } from './helpers/ports'
-import { handshake } from './helpers/tls'
+import { startApp, eventually } from './support/app'
+import { entraCredential, startAzurite, trustAzurite, type Azurite, type TokenClaims } from './support/azurite'
+import { startPebble, trustPebble, type Pebble } from './support/pebble'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
 
 // The README's recommended store, { accountUrl, credential } (managed identity), on
 // an Azurite that checks bearer tokens (--oauth basic, over HTTPS): the SDK's real

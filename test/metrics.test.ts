@@ -5,10 +5,10 @@ import { Registry } from 'prom-client'
 import t, { type Test } from 'tap'
 import { metricsServer, registerAutocertMetrics } from '../example/metrics'
 import autocert, { AzureBlobStore, SNICallback, type AutocertOptions } from '../lib'
-import { eventually } from './helpers/app'
-import type { Pebble } from './helpers/pebble'
+import { eventually } from './support/app'
+import type { Pebble } from './support/pebble'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 const DOMAIN = 'm.example.test'
 

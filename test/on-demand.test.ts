@@ -1,8 +1,8 @@
 import t from 'tap'
 import { AzureBlobStore, type AutocertEvents } from '../lib'
-import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
+import { startApp, eventually, spyStore, type TestApp } from './support/app'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 type BackoffEvent = AutocertEvents['backoff'][0]
 

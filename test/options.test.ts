@@ -1,7 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import autocert, { ALPNCallback, createAutocert, MemoryStore, SNICallback, type AutocertOptions } from '../lib'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 const valid = (): AutocertOptions => ({ domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
 

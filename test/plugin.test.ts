@@ -4,10 +4,10 @@ import { BlobServiceClient } from '@azure/storage-blob'
 import Fastify from 'fastify'
 import t from 'tap'
 import autocert, { AzureBlobStore, MemoryStore } from '../lib'
-import { startApp, eventually, spyStore, type TestApp } from './helpers/app'
+import { startApp, eventually, spyStore, type TestApp } from './support/app'
 import { startServices } from './helpers/services'
-import { freePort } from './helpers/ports'
-import { handshake } from './helpers/tls'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
 
 const CONTAINER = 'plugin-test'
 

@@ -1,12 +1,12 @@
 import t from 'tap'
 import { AzureBlobStore } from '../lib'
-import { startApp } from './helpers/app'
+import { startApp } from './support/app'
 import { startInstance } from './helpers/instance'
-import { startAzurite } from './helpers/azurite'
-import { startPebble } from './helpers/pebble'
+import { startAzurite } from './support/azurite'
+import { startPebble } from './support/pebble'
 import { startServices } from './helpers/services'
-import { freePort } from './helpers/ports'
-import { handshake } from './helpers/tls'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
 
 // Certificates that live 24 s: the default rule renews when a third (8 s)
 // remains, so a renewal falls due about 16 s after issuance.

@@ -20,7 +20,7 @@ import { AzureBlobStore, type AzureBlobStoreOptions } from '../lib/store/azure-b
 import { FileStore } from '../lib/store/file'
 import { MemoryStore } from '../lib/store/memory'
 import { isCertStore, type CertStore, type Lock } from '../lib/store/store'
-import { entraCredential, startAzurite, trustAzurite, type Azurite } from './helpers/azurite'
+import { entraCredential, startAzurite, trustAzurite, type Azurite } from './support/azurite'
 
 const { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } = fsp
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))

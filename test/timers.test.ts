@@ -1,9 +1,9 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import autocert, { AzureBlobStore, SNICallback } from '../lib'
-import { eventually, startApp } from './helpers/app'
+import { eventually, startApp } from './support/app'
 import { startServices } from './helpers/services'
-import { freePort } from './helpers/ports'
+import { freePort } from './support/ports'
 
 // Certificates that live 10 s: due for renewal 5 s after issuance (half the lifetime at most).
 const VALIDITY = 10

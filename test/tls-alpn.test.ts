@@ -11,11 +11,11 @@ import Fastify from 'fastify'
 import t from 'tap'
 import autocert, { ALPNCallback, AzureBlobStore, createAutocert, MemoryStore, SNICallback, type AutocertOptions, type CertStore, type Logger } from '../lib'
 import { TlsAlpn01Challenges } from '../lib/acme/tls-alpn'
-import { eventually, spyStore } from './helpers/app'
+import { eventually, spyStore } from './support/app'
 import { sendClientHello } from './helpers/client-hello'
-import { freePort } from './helpers/ports'
+import { freePort } from './support/ports'
 import { startServices } from './helpers/services'
-import { handshake } from './helpers/tls'
+import { handshake } from './support/tls'
 
 /*
  * TLS-ALPN-01 (RFC 8737) against real Pebble and real Azurite, with real TLS:

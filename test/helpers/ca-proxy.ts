@@ -7,7 +7,7 @@ import path from 'node:path'
 import tls from 'node:tls'
 import { promisify } from 'node:util'
 import * as acme from 'acme-client'
-import type { Pebble } from './pebble'
+import type { Pebble } from '../support/pebble'
 
 /** An answer the proxy gives instead of Pebble's. */
 export interface FakeAnswer {

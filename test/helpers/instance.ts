@@ -1,7 +1,7 @@
 import path from 'node:path'
 import type { InstanceConfig } from '../fixtures/instance'
-import type { Pebble } from './pebble'
-import { spawnTracked, stopChild } from './proc'
+import type { Pebble } from '../support/pebble'
+import { spawnTracked, stopChild } from '../support/proc'
 
 const FIXTURE = path.join(__dirname, '../fixtures/instance.ts')
 

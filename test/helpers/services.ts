@@ -1,7 +1,7 @@
 import type { Test } from 'tap'
-import { startAzurite, type Azurite } from './azurite'
-import { startPebble, trustPebble, type Pebble, type PebbleOptions } from './pebble'
-import { freePort } from './ports'
+import { startAzurite, type Azurite } from '../support/azurite'
+import { startPebble, trustPebble, type Pebble, type PebbleOptions } from '../support/pebble'
+import { freePort } from '../support/ports'
 
 export interface Services {
   azurite: Azurite
