@@ -8,7 +8,7 @@ import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } 
 import type { Certificate } from './certificate'
 import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
 import { errorFields, type AutocertEvents, type DomainStatus, type Logger } from './events'
-import { CertificateManager } from './manager'
+import { CertificateManager, MANAGER_SETTINGS } from './manager'
 import { normalizeName } from './names'
 import { validate, type AutocertOptions, type Settings } from './options'
 import { buildStore, type BuiltStore } from './store/build'
@@ -108,8 +108,11 @@ export class AutocertCore implements AutocertServer {
     this.#http01 = new Http01Challenges(store)
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
-    const issuer = new Issuer({ ...opts, store, solvers: opts.challenges.map((type) => solvers[type]) })
-    this.manager = new CertificateManager({ ...opts, store, issuer, log })
+    const { directoryUrl, email, externalAccountBinding } = opts
+    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, store, solvers: opts.challenges.map((type) => solvers[type]) })
+    // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
+    const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
+    this.manager = new CertificateManager({ ...settings, store, issuer, log })
     const { manager } = this
     const validation = (servername: string): Promise<SecureContext> => this.#validation(servername)
     this.SNICallback = function (servername, cb) {

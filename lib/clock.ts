@@ -1,8 +1,5 @@
 // Time as the manager reads it, so that tests can move it.
-/**
- * Time as the certificate manager reads it: the system's by default, or one a
- * test moves by hand, so backoff, budget and renewal can be checked in seconds.
- */
+/** The system's time by default; the unit tier's moves by hand, so hours of backoff, budget and renewal take seconds. */
 export interface Clock {
   /** Milliseconds since the epoch, as Date.now(). */
   now (): number

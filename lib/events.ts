@@ -1,12 +1,7 @@
 // What the plugin tells the outside: logger, events, status() and error fields.
 import { EventEmitter } from 'node:events'
 import type { KeyType } from './acme/issuer'
-
-/**
- * What the plugin tells the outside: the logger it writes to, its events and
- * status(), and the one way an error becomes log fields. Shared by the
- * options, the manager and both front ends.
- */
+// Shared by the options, the manager and both front ends.
 
 /** The subset of a pino / Fastify logger the plugin writes to: an object first, then a message. */
 export interface Logger {

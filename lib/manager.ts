@@ -20,11 +20,10 @@ import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
 import { storeKeys } from './store/keys'
-import type { CertStore, Lock } from './store/store'
+import { isCorrupt, type CertStore, type Lock } from './store/store'
 
 /*
- * The certificate manager: name -> memory -> store -> lock -> order -> store -> memory.
- * Each step has one place: #load reads the store, #orderLocked holds the lock
+ * name -> memory -> store -> lock -> order -> store -> memory. Each step has one place: #load reads the store, #orderLocked holds the lock
  * and talks to the CA, #adopt puts a certificate in memory and schedules its
  * renewal. What the fleet shares (the failure backoff, the order budget) and
  * the on-demand policy live in their own files and never touch a slot.
@@ -37,8 +36,11 @@ export interface CertificateSource {
   prepare? (): void
 }
 
-/** The validated options the manager reads, plus what the front end built for it. */
-export type ManagerOptions = Pick<Settings, 'domains' | 'keyType' | 'renewBefore' | 'retryDelays' | 'maxOrdersPerHour' | 'concurrency' | 'instanceId' | 'onDemand'> & {
+/** The validated options the manager reads: the front ends pass these and nothing else of Settings. */
+export const MANAGER_SETTINGS = ['domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand'] as const
+
+/** The manager's settings, plus what the front end built for it. */
+export type ManagerOptions = Pick<Settings, typeof MANAGER_SETTINGS[number]> & {
   store: CertStore
   issuer: CertificateSource
   log: Logger
@@ -93,8 +95,8 @@ interface Slot {
   /** The last failed store read, repeated to callers for READ_ERROR_TTL. */
   readError?: { err: unknown, at: number }
   loading?: Promise<Certificate | undefined>
-  /** The order in flight: `done` once stored (or given up), `served` as soon as its certificate is in memory. */
-  ordering?: { done: Promise<Certificate>, served: Promise<Certificate> }
+  /** The order in flight: `done` once stored (or given up), `inMemory` as soon as its certificate is served. */
+  ordering?: { done: Promise<Certificate>, inMemory: Promise<Certificate> }
 }
 
 const READ_ERROR_TTL = 1000
@@ -317,7 +319,7 @@ export class CertificateManager {
       if (data === undefined) return undefined
       cert = decodeBundle(slot.name, slot.key, data)
     } catch (err) {
-      if (errorCode(err) === 'FST_AUTOCERT_CORRUPT') {
+      if (isCorrupt(err)) {
         // Never served; the next order replaces it. Logged once, not at every read.
         if (!slot.reported) log.warn({ domain: slot.name, blob: slot.key, error: errorFields(err) }, 'ignoring unusable stored certificate')
         slot.reported = true
@@ -354,13 +356,13 @@ export class CertificateManager {
   #order (slot: Slot, { force = false, until }: { force?: boolean, until: Until }): Promise<Certificate> {
     if (slot.ordering === undefined) {
       let adopted!: (cert: Certificate) => void
-      const inMemory = new Promise<Certificate>((resolve) => { adopted = resolve })
+      const adoption = new Promise<Certificate>((resolve) => { adopted = resolve })
       const done = this.#orderLocked(slot, force, adopted).finally(() => { slot.ordering = undefined })
-      slot.ordering = { done, served: Promise.race([inMemory, done]) }
+      slot.ordering = { done, inMemory: Promise.race([adoption, done]) }
       // Whoever waits gets the rejection; nobody may be waiting for the other one.
-      slot.ordering.served.catch(() => {})
+      slot.ordering.inMemory.catch(() => {})
     }
-    return until === 'in-memory' ? slot.ordering.served : slot.ordering.done
+    return until === 'in-memory' ? slot.ordering.inMemory : slot.ordering.done
   }
 
   async #orderLocked (slot: Slot, force: boolean, adopted: (cert: Certificate) => void): Promise<Certificate> {
@@ -459,7 +461,10 @@ export class CertificateManager {
    */
   #refusal (slot: Slot): Error | undefined {
     const { hold } = slot
-    if (hold === undefined || hold.until <= this.#clock.now()) return undefined
+    return hold === undefined || hold.until <= this.#clock.now() ? undefined : this.#refusalOf(slot, hold)
+  }
+
+  #refusalOf (slot: Slot, hold: NonNullable<Slot['hold']>): Error {
     const at = new Date(hold.until).toISOString()
     return hold.reason === 'budget'
       ? new FST_AUTOCERT_RATE_LIMITED(slot.name, this.#opts.maxOrdersPerHour, at)
@@ -475,21 +480,19 @@ export class CertificateManager {
   #honourFailures (slot: Slot, record: FailureRecord | undefined): void {
     if (record === undefined || record.retryAt <= this.#clock.now()) return
     slot.lastError = { message: record.error, at: record.at }
-    this.#hold(slot, record.retryAt, 'failures')
-    this.#throwIfHeld(slot)
+    throw this.#hold(slot, record.retryAt, 'failures')
   }
 
   /** The fleet's order budget is spent: not this name's failure (no failure record), it waits for the next free slot. */
   #budgetSpent (slot: Slot, retryAt: number): never {
-    this.#hold(slot, retryAt, 'budget')
-    const refusal = this.#refusal(slot) as Error
-    slot.lastError = { message: refusal.message, at: this.#clock.now() }
+    const hold = { until: retryAt, reason: 'budget' } as const
+    slot.lastError = { message: this.#refusalOf(slot, hold).message, at: this.#clock.now() }
     this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), maxOrdersPerHour: this.#opts.maxOrdersPerHour }, 'order budget used up: order postponed')
-    throw refusal
+    throw this.#hold(slot, retryAt, 'budget')
   }
 
-  async #recordFailure (slot: Slot, err: unknown, lock: AbortSignal): Promise<void> {
-    const { failures, retryAt } = await this.#failures.record(slot.key, err, lock)
+  async #recordFailure (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<void> {
+    const { failures, retryAt } = await this.#failures.record(slot.key, err, lockSignal)
     this.#fail(slot, err, retryAt)
     this.#hold(slot, retryAt, 'failures')
     this.#opts.log.error({ domain: slot.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
@@ -537,11 +540,16 @@ export class CertificateManager {
     this.events.tell('failed', { domain: slot.name, error: { message: errorMessage(err), code: errorCode(err) }, retryAt: date(retryAt) })
   }
 
-  /** No order before `until` (the shared failure backoff, or the order budget); a retry is scheduled for then. */
-  #hold (slot: Slot, until: number, reason: BackoffReason): void {
-    slot.hold = { until, reason }
+  /**
+   * No order before `until` (the shared failure backoff, or the order budget); a
+   * retry is scheduled for then. Returns the refusal callers get meanwhile, made
+   * from this hold (not from the clock, which listeners of `backoff` may outlast).
+   */
+  #hold (slot: Slot, until: number, reason: BackoffReason): Error {
+    const hold = slot.hold = { until, reason }
     this.#schedule(slot, until)
     this.events.tell('backoff', { domain: slot.name, retryAt: new Date(until), reason })
+    return this.#refusalOf(slot, hold)
   }
 
   /** One timer per certificate: at `at`, renew (or retry, or write what is unsaved) through the same path as a handshake. */

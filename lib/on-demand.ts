@@ -3,15 +3,18 @@ import { timeoutSignal, type Clock } from './clock'
 import { errorFields, printable, type Logger } from './events'
 import { untilAborted } from './signals'
 
-/** onDemand as validated: every field set. */
-export interface OnDemandSettings {
+/** Certificates for names not in `domains` (AutocertOptions.onDemand). */
+export interface OnDemandOptions {
   /** Whether `name` (normalised) may have a certificate. Throwing, or taking longer than `timeout`, means no. */
-  allow (name: string): boolean | Promise<boolean>
-  /** How long allow() may take (ms). */
-  timeout: number
-  /** How many on-demand names are kept in memory; the least recently used beyond it are dropped (the store keeps them). */
-  cacheSize: number
+  allow: (name: string) => boolean | Promise<boolean>
+  /** Milliseconds allow() may take. Default: 5000. */
+  timeout?: number
+  /** On-demand names kept in memory (about 3 KiB each, plus 24 KiB once served); the least recently used are dropped and read from the store again when needed. Default: 10000. */
+  cacheSize?: number
 }
+
+/** onDemand as validated: every field set. */
+export type OnDemandSettings = Required<OnDemandOptions>
 
 /** How long an onDemand.allow() answer is trusted: yes for 10 minutes, no for 1 minute. */
 export const ALLOWED_TTL = 10 * 60_000

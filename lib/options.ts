@@ -9,10 +9,10 @@ import {
 } from './errors'
 import type { Logger } from './events'
 import { normalizeName } from './names'
-import type { OnDemandSettings } from './on-demand'
+import type { OnDemandOptions, OnDemandSettings } from './on-demand'
 import type { AzureBlobStoreOptions } from './store/azure-blob'
 import type { EncryptionOptions } from './store/encrypted'
-import { isCertStore, type CertStore } from './store/store'
+import { isCertStore, STORE_METHODS, type CertStore } from './store/store'
 
 /*
  * The options of the plugin and of createAutocert(), in one model: the
@@ -22,15 +22,7 @@ import { isCertStore, type CertStore } from './store/store'
  * the store, the front ends make the rest.
  */
 
-/** Certificates for names not in `domains`: see AutocertOptions.onDemand. */
-export interface OnDemandOptions {
-  /** Whether `name` (normalised) may have a certificate. Throwing, or taking longer than `timeout`, means no. */
-  allow: (name: string) => boolean | Promise<boolean>
-  /** Milliseconds allow() may take. Default: 5000. */
-  timeout?: number
-  /** On-demand names kept in memory (about 3 KiB each, plus 24 KiB once served); the least recently used are dropped and read from the store again when needed. Default: 10000. */
-  cacheSize?: number
-}
+export type { OnDemandOptions }
 
 /** Options of the Fastify plugin and of createAutocert(): checked once, at register time. */
 export interface AutocertOptions {
@@ -110,17 +102,10 @@ const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01']
  * One rule per option: checks the value given (a coded TypeError that names
  * the option and the fix) and returns it normalised, with its default.
  * `satisfies` makes the compiler hold this list to AutocertOptions: no option
- * without a rule, no rule without an option.
+ * without a rule, no rule without an option. They run in this order, and the
+ * first problem found is the one reported.
  */
 const rules = {
-  domains: (domains: AutocertOptions['domains'], options: AutocertOptions): string[] => {
-    if (!Array.isArray(domains) || (domains.length === 0 && options.onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
-    return [...new Set(domains.map((raw) => {
-      const name = typeof raw === 'string' ? normalizeName(raw) : undefined
-      if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
-      return name
-    }))]
-  },
   onDemand: (value: AutocertOptions['onDemand']): OnDemandSettings | undefined => {
     if (value === undefined) return undefined
     if (typeof value?.allow !== 'function') {
@@ -131,6 +116,14 @@ const rules = {
     if (!(Number.isInteger(cacheSize) && cacheSize > 0)) throw new FST_AUTOCERT_INVALID_OPTION('onDemand.cacheSize', 'must be a positive integer')
     return { allow, timeout, cacheSize }
   },
+  domains: (domains: AutocertOptions['domains'], options: AutocertOptions): string[] => {
+    if (!Array.isArray(domains) || (domains.length === 0 && options.onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
+    return [...new Set(domains.map((raw) => {
+      const name = typeof raw === 'string' ? normalizeName(raw) : undefined
+      if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
+      return name
+    }))]
+  },
   instanceId: (value: AutocertOptions['instanceId']): string => {
     const instanceId = value ?? `${hostname()}/${process.pid}`
     // Recorded in lock files and blob metadata: printable ASCII only.
@@ -138,15 +131,6 @@ const rules = {
       throw new FST_AUTOCERT_INVALID_OPTION('instanceId', 'must be 1 to 128 printable ASCII characters, e.g. the host name')
     }
     return instanceId
-  },
-  store: (value: AutocertOptions['store']): CertStore | AzureBlobStoreOptions => {
-    if (isCertStore(value)) return value
-    // Something with some of a store's methods is a store that misses the others.
-    // Plain options are checked by AzureBlobStore itself (its errors carry their own code).
-    const partial = typeof value === 'object' && value !== null &&
-      ['get', 'put', 'delete', 'list', 'lock'].some((m) => typeof (value as unknown as Record<string, unknown>)[m] === 'function')
-    if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
-    return value
   },
   termsOfServiceAgreed: (value: boolean): true => {
     if (value !== true) throw new FST_AUTOCERT_TOS_NOT_AGREED()
@@ -157,16 +141,6 @@ const rules = {
       throw new FST_AUTOCERT_INVALID_OPTION('email', 'must be an e-mail address such as ops@example.com')
     }
     return email
-  },
-  directoryUrl: (value: AutocertOptions['directoryUrl']): string => {
-    if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
-    if (value === 'staging') return acme.directory.letsencrypt.staging
-    let url: URL | undefined
-    try {
-      url = new URL(value)
-    } catch {}
-    if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
-    return value
   },
   /** Always a list here, without repeats, the preferred key type first. */
   keyType: (value: AutocertOptions['keyType']): KeyType[] => {
@@ -212,12 +186,6 @@ const rules = {
     }
     return encryption
   },
-  http01: (http01: AutocertOptions['http01']): { port: number, host?: string } | undefined => {
-    if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
-      throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
-    }
-    return http01
-  },
   challenges: (value: AutocertOptions['challenges']): readonly ChallengeType[] => {
     const challenges = value ?? ['http-01']
     if (!(Array.isArray(challenges) && challenges.length > 0 && challenges.every((c) => CHALLENGE_TYPES.includes(c)) &&
@@ -226,13 +194,38 @@ const rules = {
     }
     return challenges
   },
-  externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value,
   logger: (logger: AutocertOptions['logger']): Logger | undefined => {
     if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
       throw new FST_AUTOCERT_INVALID_OPTION('logger', 'must be a pino-compatible logger with debug, info, warn and error methods')
     }
     return logger
-  }
+  },
+  store: (value: AutocertOptions['store']): CertStore | AzureBlobStoreOptions => {
+    if (isCertStore(value)) return value
+    // Something with some of a store's methods is a store that misses the others.
+    // Plain options are checked by AzureBlobStore itself (its errors carry their own code).
+    const partial = typeof value === 'object' && value !== null &&
+      STORE_METHODS.some((m) => typeof (value as unknown as Record<string, unknown>)[m] === 'function')
+    if (typeof value !== 'object' || value === null || partial) throw new FST_AUTOCERT_INVALID_STORE()
+    return value
+  },
+  http01: (http01: AutocertOptions['http01']): { port: number, host?: string } | undefined => {
+    if (http01 !== undefined && !(Number.isInteger(http01?.port) && http01.port >= 0 && http01.port < 65536)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('http01.port', 'must be a TCP port number, usually 80')
+    }
+    return http01
+  },
+  directoryUrl: (value: AutocertOptions['directoryUrl']): string => {
+    if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
+    if (value === 'staging') return acme.directory.letsencrypt.staging
+    let url: URL | undefined
+    try {
+      url = new URL(value)
+    } catch {}
+    if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
+    return value
+  },
+  externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value
 } satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }
 
 /** The options as validated: each option's rule's result (defaults filled in, names normalised). */

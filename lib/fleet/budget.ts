@@ -34,10 +34,10 @@ export class OrderBudget {
 
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). */
   open (): BudgetClaim {
-    return new BudgetClaim(this.#read(), this.#opts)
+    return new BudgetClaim(this.#lockAndRead(), this.#opts)
   }
 
-  async #read (): Promise<Opened> {
+  async #lockAndRead (): Promise<Opened> {
     const { store, holder, closing, clock } = this.#opts
     const lock = await this.#queue.take(() => store.lock(storeKeys.orderLog, closing, { holder }), closing)
     try {

@@ -38,16 +38,17 @@ export class FailureRecords {
   }
 
   /**
-   * Counts one more failure of `certificateKey` and stores it unless `lock` was
-   * lost (the new holder's word counts then). Store errors are ignored: the
-   * record is returned either way, for this instance's own backoff.
+   * Counts one more failure of `certificateKey` and stores it unless the lock
+   * was lost (`lockSignal` aborted: the new holder's word counts then). Store
+   * errors are ignored: the record is returned either way, for this instance's
+   * own backoff.
    */
-  async record (certificateKey: string, err: unknown, lock: AbortSignal): Promise<FailureRecord> {
+  async record (certificateKey: string, err: unknown, lockSignal: AbortSignal): Promise<FailureRecord> {
     const previous = await this.read(certificateKey).catch(() => undefined)
     const failures = (previous?.failures ?? 0) + 1
     const at = this.#clock.now()
     const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt: at + retryDelay(failures, this.#delays) }
-    if (!lock.aborted) await this.#store.put(storeKeys.failure(certificateKey), JSON.stringify(record)).catch(() => {})
+    if (!lockSignal.aborted) await this.#store.put(storeKeys.failure(certificateKey), JSON.stringify(record)).catch(() => {})
     return record
   }
 

@@ -3,21 +3,21 @@ import { untilAborted } from '../signals'
 import type { Lock } from '../store/store'
 
 /**
- * This process's takers of one store lock, in line: each takes the store lock
- * after the one before released it, so they wait here, in memory, instead of
- * polling the store (a built-in store's waiter looks about once a second).
+ * Each taker gets the store lock after the one before released it, so they
+ * wait here, in memory, instead of polling the store (a built-in store's
+ * waiter looks about once a second).
  */
 export class LockQueue {
   #last: Promise<void> = Promise.resolve()
 
-  /** The store lock `take()` gets, once this process's earlier takers released theirs; rejects with `signal`'s reason if it aborts first. */
-  async take (take: () => Promise<Lock>, signal: AbortSignal): Promise<Lock> {
+  /** The store lock `acquire()` gets, once this process's earlier takers released theirs; rejects with `signal`'s reason if it aborts first. */
+  async take (acquire: () => Promise<Lock>, signal: AbortSignal): Promise<Lock> {
     const previous = this.#last
     let pass!: () => void
     this.#last = new Promise<void>((resolve) => { pass = resolve })
     try {
       await untilAborted(previous, signal)
-      const held = await take()
+      const held = await acquire()
       return { signal: held.signal, release: async () => { await held.release(); pass() } }
     } catch (err) {
       pass()

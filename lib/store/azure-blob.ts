@@ -173,8 +173,8 @@ export class AzureBlobStore implements CertStore {
       signal,
       closing: this.#closing.signal,
       attempt: async (wait) => {
+        await untilAborted(this.#container(), wait)
         try {
-          await untilAborted(this.#container(), wait)
           await this.#call((abortSignal) => lease.acquireLease(this.#leaseSeconds, { abortSignal }), wait)
           // Granted, but the caller may have given up (or the store closed) just now.
           wait.throwIfAborted()
@@ -381,7 +381,8 @@ function namedCredential (credential: TokenCredential): TokenCredential {
       try {
         token = await credential.getToken(scopes, options)
       } catch (err) {
-        throw Object.assign(new FST_AUTOCERT_STORE_CREDENTIAL(`failed: ${redact(err instanceof Error ? err.message : String(err))}`), { cause: err })
+        // The cause goes through sanitize() too: an identity library's RestError quotes its request.
+        throw Object.assign(new FST_AUTOCERT_STORE_CREDENTIAL(`failed: ${redact(err instanceof Error ? err.message : String(err))}`), { cause: sanitize(err) })
       }
       if (typeof token?.token !== 'string' || token.token === '') throw new FST_AUTOCERT_STORE_CREDENTIAL('returned no token')
       return token

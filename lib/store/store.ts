@@ -61,12 +61,13 @@ export function checkKey (key: string): string {
   return key
 }
 
-const METHODS = ['get', 'put', 'delete', 'list', 'lock'] as const
+/** The methods every store has. */
+export const STORE_METHODS = ['get', 'put', 'delete', 'list', 'lock'] as const
 
 /** True when `value` implements the store contract (used to validate options). */
 export function isCertStore (value: unknown): value is CertStore {
   return typeof value === 'object' && value !== null &&
-    METHODS.every((m) => typeof (value as Record<string, unknown>)[m] === 'function')
+    STORE_METHODS.every((m) => typeof (value as Record<string, unknown>)[m] === 'function')
 }
 
 /** Reads a record the plugin rewrites as a whole (failure records, the order log): unreadable (corrupt) data counts as none, a store failure throws. */
@@ -74,7 +75,12 @@ export async function readRecord (store: CertStore, key: string): Promise<Buffer
   try {
     return await store.get(key)
   } catch (err) {
-    if ((err as { code?: unknown }).code === 'FST_AUTOCERT_CORRUPT') return undefined
+    if (isCorrupt(err)) return undefined
     throw err
   }
+}
+
+/** True for FST_AUTOCERT_CORRUPT: stored data that is unusable (never served, replaced by the next write). */
+export function isCorrupt (err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === 'FST_AUTOCERT_CORRUPT'
 }
