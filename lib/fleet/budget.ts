@@ -5,6 +5,13 @@ import { readRecord, type CertStore, type Lock } from '../store/store'
 import { LockQueue } from './lock-queue'
 
 const HOUR = 3_600_000
+/**
+ * How far ahead of this instance's clock an entry of the log may be and still
+ * count: another instance's clock may run a little fast. Entries further ahead
+ * (or not numbers at all) are dropped when read, so they are gone at the next
+ * write: a log poisoned with far-future times cannot postpone the fleet's orders.
+ */
+export const CLOCK_TOLERANCE = 5 * 60_000
 
 export interface OrderBudgetOptions {
   store: CertStore
@@ -41,8 +48,11 @@ export class OrderBudget {
     const { store, holder, closing, clock } = this.#opts
     const lock = await this.#queue.take(() => store.lock(storeKeys.orderLog, closing, { holder }), closing)
     try {
-      const since = clock.now() - HOUR
-      return { lock, recent: parseOrderLog(await readRecord(store, storeKeys.orderLog)).filter((at) => at > since) }
+      const now = clock.now()
+      const recent = parseOrderLog(await readRecord(store, storeKeys.orderLog))
+        .filter((at) => at > now - HOUR && at <= now + CLOCK_TOLERANCE)
+        .sort((a, b) => a - b)
+      return { lock, recent }
     } catch (err) {
       await lock.release()
       throw err
@@ -52,7 +62,7 @@ export class OrderBudget {
 
 interface Opened {
   lock: Lock
-  /** Times of the last hour's orders, oldest first. */
+  /** Times of the last hour's orders, oldest first (plausible ones only: see CLOCK_TOLERANCE). */
   recent: number[]
 }
 
@@ -77,9 +87,10 @@ export class BudgetClaim {
     const { lock, recent } = await this.#opened
     const { store, maxOrdersPerHour, clock } = this.#opts
     try {
-      if (recent.length >= maxOrdersPerHour) return { spent: false, retryAt: recent[0] + HOUR }
+      // The next order may go once enough of the hour's orders have left it to be under the budget.
+      if (recent.length >= maxOrdersPerHour) return { spent: false, retryAt: recent[recent.length - maxOrdersPerHour] + HOUR }
       lock.signal.throwIfAborted()
-      await store.put(storeKeys.orderLog, JSON.stringify([...recent, clock.now()]))
+      await store.put(storeKeys.orderLog, JSON.stringify([...recent, clock.now()].sort((a, b) => a - b)))
       return { spent: true }
     } finally {
       void this.release()

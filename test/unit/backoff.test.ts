@@ -102,3 +102,37 @@ t.test('renew() orders past the backoff, still inside the budget', async (t) => 
   const renewed = await manager.renew(A)
   t.not(renewed.serial, serial, 'a new certificate once the budget has room')
 })
+
+t.test('a poisoned order log cannot block the fleet: far-future, huge and malformed entries are dropped, the rest still count', async (t) => {
+  const names = ['a.example.test', 'b.example.test', 'c.example.test']
+  const { manager, clock, issuer, store, log } = unitManager({ domains: names, maxOrdersPerHour: 2 })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  const yearAhead = Array.from({ length: 100 }, (_, i) => t0 + 365 * 24 * HOUR + i)
+  const skewed = t0 + 2 * MIN // another instance whose clock runs 2 minutes fast: still counted
+  await store.put(storeKeys.orderLog, JSON.stringify([...yearAhead, 1e300, -1, 'x', null, Number.MAX_VALUE, skewed]))
+  const backoffs: Array<{ domain: string, retryAt: Date }> = []
+  manager.events.on('backoff', (e) => backoffs.push(e))
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 1, 'one order: the budget of 2 less the skewed instance\'s entry')
+  t.same(JSON.parse(String(await store.get(storeKeys.orderLog))), [t0, skewed], 'the log is rewritten with the plausible entries only, oldest first')
+  t.equal(backoffs.length, 2, 'the two others wait for the budget')
+  t.ok(backoffs.every((b) => b.retryAt.getTime() === t0 + HOUR), 'until the oldest entry leaves the hour')
+  t.notOk(log.lines.some((l) => l.level === 'error'), 'no error: nothing threw on 1e300')
+  await clock.advance(HOUR + 2 * MIN)
+  t.equal(issuer.calls.length, 3, 'then the others are ordered')
+})
+
+t.test('a log with more entries than the budget (it was lowered, or unsorted) gives the true next slot', async (t) => {
+  const { manager, clock, issuer, store } = unitManager({ domains: [A], maxOrdersPerHour: 2 })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  await store.put(storeKeys.orderLog, JSON.stringify([t0 - 10 * MIN, t0 - 50 * MIN, t0 - 30 * MIN]))
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 0)
+  t.same(manager.status()[0].retryAfter, new Date(t0 + 30 * MIN), 'once two of the three have left the hour: the one of -30 min, at +30 min')
+  await clock.advance(30 * MIN)
+  t.equal(issuer.calls.length, 1, 'ordered then, not refused again at -50 min + 1 h')
+})
