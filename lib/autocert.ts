@@ -17,6 +17,21 @@ import { storeKeys } from './store/keys'
 
 export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
+/**
+ * Limits of the `http01` listener. A CA's validation is one small GET, answered
+ * at once: a client that takes longer to send its headers or request (10 s),
+ * idles on a kept-alive connection (5 s) or arrives while 1,000 others are
+ * connected is cut off, instead of Node's defaults (60 s, 300 s, no cap).
+ * Expired connections are looked for every second (Node: 30 s).
+ */
+export const HTTP01_LIMITS = {
+  headersTimeout: 10_000,
+  requestTimeout: 10_000,
+  keepAliveTimeout: 5_000,
+  connectionsCheckingInterval: 1_000,
+  maxConnections: 1_000
+} as const
+
 /** A certificate as the API shows it: the chain, never the private key. */
 export interface CertificateInfo {
   domain: string
@@ -210,7 +225,8 @@ export class AutocertCore implements AutocertServer {
 
   /** autocert's HTTPHandler(nil): challenges are answered, GET and HEAD go to https, the rest is refused. */
   async #listenHttp01 (where: { port: number, host?: string }): Promise<Server> {
-    const server = createServer((req, res) => {
+    const { maxConnections, ...timeouts } = HTTP01_LIMITS
+    const server = createServer(timeouts, (req, res) => {
       const token = challengeToken(req)
       if (token !== undefined) {
         void this.#answer(token, req.headers.host, res)
@@ -226,6 +242,7 @@ export class AutocertCore implements AutocertServer {
       const authority = port === undefined || port === 443 ? host : `${host}:${port}`
       res.writeHead(302, { location: `https://${authority}${req.url ?? '/'}` }).end()
     })
+    server.maxConnections = maxConnections
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(where.port, where.host, () => { server.off('error', reject); resolve() })
