@@ -370,7 +370,8 @@ export class CertificateManager {
     const { name } = slot
     const closing = this.#closing.signal
     closing.throwIfAborted()
-    if (!force) this.#throwIfHeld(slot)
+    const refusal = force ? undefined : this.#refusal(slot)
+    if (refusal !== undefined) throw refusal
     const had = slot.cert
     // The account lookup (CA round trips) overlaps the wait for the lock.
     issuer.prepare?.()
@@ -469,11 +470,6 @@ export class CertificateManager {
     return hold.reason === 'budget'
       ? new FST_AUTOCERT_RATE_LIMITED(slot.name, this.#opts.maxOrdersPerHour, at)
       : new FST_AUTOCERT_BACKOFF(slot.name, at)
-  }
-
-  #throwIfHeld (slot: Slot): void {
-    const refusal = this.#refusal(slot)
-    if (refusal !== undefined) throw refusal
   }
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
