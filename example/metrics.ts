@@ -19,7 +19,7 @@ import type { Autocert, AutocertEvents, DomainStatus } from '../lib'
 type Labels = Record<string, string>
 
 // Every reason a backoff event can give: the compiler checks the list is complete.
-const BACKOFF_REASONS = Object.keys({ failures: true, budget: true } satisfies Record<AutocertEvents['backoff'][0]['reason'], true>)
+const BACKOFF_REASONS = Object.keys({ failures: true, budget: true, clock: true } satisfies Record<AutocertEvents['backoff'][0]['reason'], true>)
 
 /**
  * Adds the `autocert_` metrics to `registry`, fed by `autocert`'s events (counters)

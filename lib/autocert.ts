@@ -8,6 +8,8 @@ import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } 
 import type { Certificate } from './certificate'
 import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
 import { errorFields, type AutocertEvents, type DomainStatus, type Logger } from './events'
+import { systemClock } from './clock'
+import { FleetLocks } from './fleet/locks'
 import { CertificateManager, MANAGER_SETTINGS } from './manager'
 import { normalizeName } from './names'
 import { validate, type AutocertOptions, type Settings } from './options'
@@ -124,7 +126,8 @@ export class AutocertCore implements AutocertServer {
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
     const { directoryUrl, email, externalAccountBinding } = opts
-    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, store, solvers: opts.challenges.map((type) => solvers[type]) })
+    const locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
+    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, store, locks, solvers: opts.challenges.map((type) => solvers[type]) })
     // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
     this.manager = new CertificateManager({ ...settings, store, issuer, log })

@@ -90,3 +90,23 @@ export const FST_AUTOCERT_STORE_AUTH = createError<[number, string, string]>(
 export const FST_AUTOCERT_STORE_CREDENTIAL = createError<[string]>(
   'FST_AUTOCERT_STORE_CREDENTIAL',
   'AzureBlobStore: options.credential.getToken() %s')
+
+export const FST_AUTOCERT_HANDSHAKE_TIMEOUT = createError<[string, number]>(
+  'FST_AUTOCERT_HANDSHAKE_TIMEOUT',
+  'no certificate for %s within %d ms (options.handshakeTimeout): the handshake gives up, the order goes on in the background',
+  503)
+
+export const FST_AUTOCERT_LOCK_TIMEOUT = createError<[string, string, number]>(
+  'FST_AUTOCERT_LOCK_TIMEOUT',
+  'gave up waiting for the lock %s, held by %s, after %d ms (options.lockTimeout)',
+  503)
+
+export const FST_AUTOCERT_CLOCK_SKEW = createError<[number, string]>(
+  'FST_AUTOCERT_CLOCK_SKEW',
+  'not ordering: this machine\'s clock is %d s off the CA\'s (%s); fix its time (NTP), the fleet\'s order log is not written meanwhile',
+  503)
+
+export const FST_AUTOCERT_STORE_FAILED = createError<[string, string]>(
+  'FST_AUTOCERT_STORE_FAILED',
+  'the certificate store failed to %s: %s',
+  503)

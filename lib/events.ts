@@ -1,6 +1,7 @@
 // What the plugin tells the outside: logger, events, status() and error fields.
 import { EventEmitter } from 'node:events'
 import type { KeyType } from './acme/issuer'
+import type { LockKind } from './fleet/locks'
 // Shared by the options, the manager and both front ends.
 
 /** The subset of a pino / Fastify logger the plugin writes to: an object first, then a message. */
@@ -20,8 +21,14 @@ export interface CertificateEvent {
   notAfter: Date
 }
 
-/** Why no order is placed for a while: the name's failures (shared by the fleet), or the fleet's spent order budget. */
-export type BackoffReason = 'failures' | 'budget'
+/**
+ * Why no order is placed for a while: the name's failures (shared by the
+ * fleet), the fleet's spent order budget, or this machine's clock, far off the CA's.
+ */
+export type BackoffReason = 'failures' | 'budget' | 'clock'
+
+/** Which of the fleet's locks an order waits for: the name's, the order log's (the budget) or the account key's. */
+export type { LockKind } from './fleet/locks'
 
 /** The events of `fastify.autocert.on()` and `AutocertServer.on()`, with their payloads. */
 export interface AutocertEvents {
@@ -35,8 +42,12 @@ export interface AutocertEvents {
   failed: [{ domain: string, error: { message: string, code?: string }, retryAt?: Date }]
   /** No order for `domain` before `retryAt`: after failures (shared by the fleet), or the fleet's order budget is spent. */
   backoff: [{ domain: string, retryAt: Date, reason: BackoffReason }]
-  /** This instance waits for the lock on `domain`, held by `holder` (that instance's instanceId, when the store knows it). */
-  'lock-wait': [{ domain: string, holder?: string }]
+  /**
+   * An order for `domain` waits for a lock held by `holder` (that instance's
+   * instanceId, when the store knows it): the name's own, the fleet's order
+   * log's, or the account key's (`lock`).
+   */
+  'lock-wait': [{ domain: string, holder?: string, lock: LockKind }]
 }
 
 /** What status() reports for one certificate of a domain. */
@@ -55,6 +66,8 @@ export interface DomainStatus {
   retryAfter?: Date
   /** While this instance holds the domain's lock (its own instanceId) or waits for it (the holder's, `'unknown'` if not recorded). */
   lockHolder?: string
+  /** While an order for the domain waits for a lock held by someone else: which lock, its holder (`'unknown'` if not recorded), since when. */
+  waitingFor?: { lock: LockKind, holder: string, since: Date }
   /** The name is not listed: allowed by onDemand.allow(). */
   onDemand?: true
 }

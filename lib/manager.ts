@@ -4,16 +4,17 @@ import type { KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import { systemClock, type Clock, type Timer } from './clock'
 import {
-  FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOSED, FST_AUTOCERT_LOCK_LOST, FST_AUTOCERT_NAME_NOT_ALLOWED,
-  FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED
+  FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
+  FST_AUTOCERT_NAME_NOT_ALLOWED, FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED
 } from './errors'
 import {
   AutocertEmitter, errorCode, errorFields, errorMessage, printable,
   type BackoffReason, type CertificateEvent, type DomainStatus, type Logger
 } from './events'
-import { OrderBudget, type BudgetClaim } from './fleet/budget'
+import { CLOCK_TOLERANCE, OrderBudget, type BudgetClaim } from './fleet/budget'
 import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
+import { FleetLocks, type LockKind } from './fleet/locks'
 import { normalizeName } from './names'
 import { OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
@@ -32,12 +33,19 @@ import { isCorrupt, type CertStore, type Lock } from './store/store'
 /** Orders one certificate; the manager decides when and holds the lock. */
 export interface CertificateSource {
   issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }>
-  /** Starts whatever issue() will need first (the account), without waiting. */
-  prepare? (): void
+  /**
+   * Gets ready what issue() will need first (the account); resolves when it is.
+   * `onLockWait` hears of a wait for a lock another instance holds meanwhile.
+   */
+  prepare? (onLockWait?: (holder: string | undefined) => void): Promise<void>
+  /** The CA's clock minus this machine's (ms), as its last answer showed it; undefined when not known. */
+  clockOffset? (): number | undefined
 }
 
 /** The validated options the manager reads: the front ends pass these and nothing else of Settings. */
-export const MANAGER_SETTINGS = ['domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand'] as const
+export const MANAGER_SETTINGS = [
+  'domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand', 'handshakeTimeout', 'lockTimeout'
+] as const
 
 /** The manager's settings, plus what the front end built for it. */
 export type ManagerOptions = Pick<Settings, typeof MANAGER_SETTINGS[number]> & {
@@ -78,8 +86,10 @@ interface Slot {
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
   context?: SecureContext
   renewAt?: number
-  /** No order before `until`: the fleet's failure backoff, or its spent order budget. */
-  hold?: { until: number, reason: BackoffReason }
+  /** No order before `until`: the fleet's failure backoff, its spent order budget, or this machine's clock (off by `offset` ms). */
+  hold?: { until: number, reason: BackoffReason, offset?: number }
+  /** The lock this slot's order waits for, held by someone else. */
+  waiting?: { lock: LockKind, holder: string, since: number }
   lastError?: { message: string, at: number }
   /** The certificate in memory was issued but could not be written yet. */
   unsaved?: boolean
@@ -101,6 +111,10 @@ interface Slot {
 
 const READ_ERROR_TTL = 1000
 const HOLD_RECHECK = 10_000
+/** How long an instance whose clock is off waits before it looks at it again (and at most how often it says so). */
+const CLOCK_RECHECK = 60_000
+/** The earliest renewal of a certificate that looked due the moment it was issued: a clock problem, not a reason to order again. */
+const DUE_AT_ISSUE_DELAY = 3_600_000
 
 export class CertificateManager {
   readonly events: AutocertEmitter
@@ -111,8 +125,11 @@ export class CertificateManager {
   readonly #refusals: RefusalLog
   readonly #failures: FailureRecords
   readonly #budget: OrderBudget
+  readonly #locks: FleetLocks
   readonly #closing = new AbortController()
   #started = false
+  /** When a wrong clock was last logged (at most once per CLOCK_RECHECK for the process). */
+  #clockLoggedAt = -Infinity
 
   constructor (opts: ManagerOptions) {
     this.#opts = opts
@@ -121,7 +138,8 @@ export class CertificateManager {
     this.#onDemand = opts.onDemand && new OnDemandPolicy<Site>(opts.onDemand, opts.log, clock)
     this.#refusals = new RefusalLog(opts.log, clock)
     this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock)
-    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, holder: opts.instanceId, clock, closing: this.#closing.signal })
+    this.#locks = new FleetLocks({ store: opts.store, holder: opts.instanceId, timeout: opts.lockTimeout, clock, log: opts.log })
+    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, locks: this.#locks, clock, closing: this.#closing.signal })
     for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
 
@@ -137,7 +155,19 @@ export class CertificateManager {
       serve(site.contexts, cb, socket)
       return
     }
-    this.#handshakeContexts(servername).then((contexts) => { serve(contexts, cb, socket) }, cb)
+    this.#withinHandshake(servername, this.#handshakeContexts(servername)).then((contexts) => { serve(contexts, cb, socket) }, cb)
+  }
+
+  /**
+   * `work` for a handshake, given up after handshakeTimeout with a coded error;
+   * the work itself (a read, an order) goes on, and the next handshake finds it.
+   */
+  #withinHandshake<T> (servername: string, work: Promise<T>): Promise<T> {
+    const { handshakeTimeout } = this.#opts
+    return new Promise((resolve, reject) => {
+      const timer = this.#clock.setTimeout(() => { reject(new FST_AUTOCERT_HANDSHAKE_TIMEOUT(printable(servername), handshakeTimeout)) }, handshakeTimeout)
+      work.then(resolve, reject).finally(() => { this.#clock.clearTimeout(timer) })
+    })
   }
 
   /** The certificate served for `name` (its primary key type's), obtaining it if needed. */
@@ -163,6 +193,7 @@ export class CertificateManager {
       lastError: slot.lastError && { message: slot.lastError.message, at: new Date(slot.lastError.at) },
       retryAfter: slot.hold !== undefined && slot.hold.until > now ? new Date(slot.hold.until) : undefined,
       lockHolder: slot.lockHolder,
+      waitingFor: slot.waiting && { ...slot.waiting, since: new Date(slot.waiting.since) },
       onDemand: slot.site.onDemand
     }))
   }
@@ -373,8 +404,9 @@ export class CertificateManager {
     const refusal = force ? undefined : this.#refusal(slot)
     if (refusal !== undefined) throw refusal
     const had = slot.cert
-    // The account lookup (CA round trips) overlaps the wait for the lock.
-    issuer.prepare?.()
+    // The account lookup (CA round trips) overlaps the wait for the lock. Its
+    // failure is issue()'s to report (an order failure), except a lock given up on.
+    const prepared = issuer.prepare?.(this.#onLockWait(slot, 'account')).then(() => undefined, (err: unknown) => err)
     const lock = await this.#nameLock(slot)
     let issued: Certificate | undefined
     // A first certificate has a handshake waiting: the budget's claim is opened while
@@ -382,7 +414,8 @@ export class CertificateManager {
     // (and a few store calls more when the records show no order is needed).
     // Renewals wait in the background and open it only to order. Either way the
     // name's lock is taken first, so the two locks cannot deadlock.
-    let claim: BudgetClaim | undefined = had === undefined ? this.#budget.open() : undefined
+    const onBudgetWait = this.#onLockWait(slot, 'order-log')
+    let claim: BudgetClaim | undefined = had === undefined ? this.#budget.open(onBudgetWait) : undefined
     try {
       // Another instance may have obtained it while we waited for the lock, or failed.
       const [stored, failure] = await Promise.all([
@@ -395,8 +428,13 @@ export class CertificateManager {
         return stored
       }
       if (!force) this.#honourFailures(slot, failure)
-      claim ??= this.#budget.open()
-      const budget = await claim.spend()
+      claim ??= this.#budget.open(onBudgetWait)
+      // The CA has answered once the account is ready: its Date says whether this clock can be trusted with the fleet's log.
+      const unprepared = await prepared
+      if (slot.waiting?.lock === 'account') slot.waiting = undefined
+      if (errorCode(unprepared) === 'FST_AUTOCERT_LOCK_TIMEOUT') throw unprepared
+      this.#checkClock(slot)
+      const budget = await claim.spend().finally(() => { slot.waiting = undefined })
       if (!budget.spent) this.#budgetSpent(slot, budget.retryAt)
 
       log.info({ domain: name }, 'ordering certificate')
@@ -411,6 +449,7 @@ export class CertificateManager {
       }
       // Served from now on, whatever happens to the write.
       this.#adopt(slot, issued)
+      if (this.#due(slot)) this.#dueAtIssue(slot, issued)
       adopted(issued)
       log.info(certFields(slot, issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
       if (had === undefined) this.events.tell('obtained', certFields(slot, issued))
@@ -430,6 +469,7 @@ export class CertificateManager {
       this.#schedule(slot, this.#clock.now() + retryDelay(1, this.#opts.retryDelays))
       return issued
     } finally {
+      slot.waiting = undefined
       await Promise.all([lock.release(), claim?.release()])
     }
   }
@@ -467,9 +507,45 @@ export class CertificateManager {
 
   #refusalOf (slot: Slot, hold: NonNullable<Slot['hold']>): Error {
     const at = new Date(hold.until).toISOString()
-    return hold.reason === 'budget'
-      ? new FST_AUTOCERT_RATE_LIMITED(slot.name, this.#opts.maxOrdersPerHour, at)
-      : new FST_AUTOCERT_BACKOFF(slot.name, at)
+    switch (hold.reason) {
+      case 'budget': return new FST_AUTOCERT_RATE_LIMITED(slot.name, this.#opts.maxOrdersPerHour, at)
+      case 'clock': return new FST_AUTOCERT_CLOCK_SKEW(Math.round((hold.offset ?? 0) / 1000), `looked at again at ${at}`)
+      default: return new FST_AUTOCERT_BACKOFF(slot.name, at)
+    }
+  }
+
+  /**
+   * An instance whose clock is far off the CA's must not order: its entry in
+   * the fleet's order log would be out of place (a clock ahead postpones
+   * everyone's orders, one behind counts for nothing), and the certificate it
+   * got would look due or expired at once. Says so loudly, and looks again
+   * after CLOCK_RECHECK.
+   */
+  #checkClock (slot: Slot): void {
+    const offset = this.#opts.issuer.clockOffset?.()
+    if (offset === undefined || Math.abs(offset) <= CLOCK_TOLERANCE) return
+    const now = this.#clock.now()
+    if (now - this.#clockLoggedAt >= CLOCK_RECHECK) {
+      this.#clockLoggedAt = now
+      this.#opts.log.error({ domain: slot.name, offsetSeconds: Math.round(offset / 1000), toleranceSeconds: CLOCK_TOLERANCE / 1000 },
+        'this machine\'s clock is far off the CA\'s: no orders and no writes to the fleet\'s order log until it is fixed (NTP)')
+    }
+    const refusal = this.#hold(slot, now + CLOCK_RECHECK, 'clock', offset)
+    slot.lastError = { message: refusal.message, at: now }
+    throw refusal
+  }
+
+  /**
+   * A certificate that looks due the moment it arrives means this clock (or
+   * the CA's) is wrong, or the CA issued an unusable lifetime: ordering again
+   * would not help and would loop. Logged, and not renewed for an hour.
+   */
+  #dueAtIssue (slot: Slot, cert: Certificate): void {
+    const retryAt = this.#clock.now() + DUE_AT_ISSUE_DELAY
+    this.#opts.log.error({ ...certFields(slot, cert), notBefore: new Date(cert.notBefore), now: new Date(this.#clock.now()), retryAt: new Date(retryAt) },
+      'the certificate just issued already looks due for renewal: check this machine\'s clock; not ordering again before retryAt')
+    slot.renewAt = retryAt
+    this.#schedule(slot, retryAt)
   }
 
   /** Honours a failure record another instance (or an earlier run) left in the store. */
@@ -513,21 +589,31 @@ export class CertificateManager {
    * while this instance holds or waits for it.
    */
   async #nameLock (slot: Slot): Promise<Lock> {
-    const { store, instanceId } = this.#opts
+    const report = this.#onLockWait(slot, 'name')
     const onWait = (holder: string | undefined): void => {
       slot.lockHolder = holder ?? 'unknown'
-      this.events.tell('lock-wait', { domain: slot.name, holder })
+      report(holder)
     }
-    const closing = this.#closing.signal
-    const lock = await slot.site.lockQueue.take(() => store.lock(storeKeys.nameLock(slot.name), closing, { holder: instanceId, onWait }), closing)
-      .finally(() => { slot.lockHolder = undefined })
-    slot.lockHolder = instanceId
+    const lock = await this.#locks.take(storeKeys.nameLock(slot.name), this.#closing.signal, { queue: slot.site.lockQueue, onWait })
+      .finally(() => {
+        slot.lockHolder = undefined
+        slot.waiting = undefined
+      })
+    slot.lockHolder = this.#opts.instanceId
     return {
       signal: lock.signal,
       release: async () => {
         slot.lockHolder = undefined
         await lock.release()
       }
+    }
+  }
+
+  /** Reports a wait of `slot`'s order for `lock`, held by `holder`: a `lock-wait` event, and status() while it lasts. */
+  #onLockWait (slot: Slot, lock: LockKind): (holder: string | undefined) => void {
+    return (holder) => {
+      slot.waiting = { lock, holder: holder ?? 'unknown', since: slot.waiting?.lock === lock ? slot.waiting.since : this.#clock.now() }
+      this.events.tell('lock-wait', { domain: slot.name, holder, lock })
     }
   }
 
@@ -541,8 +627,8 @@ export class CertificateManager {
    * retry is scheduled for then. Returns the refusal callers get meanwhile, made
    * from this hold (not from the clock, which listeners of `backoff` may outlast).
    */
-  #hold (slot: Slot, until: number, reason: BackoffReason): Error {
-    const hold = slot.hold = { until, reason }
+  #hold (slot: Slot, until: number, reason: BackoffReason, offset?: number): Error {
+    const hold = slot.hold = { until, reason, offset }
     this.#schedule(slot, until)
     this.events.tell('backoff', { domain: slot.name, retryAt: new Date(until), reason })
     return this.#refusalOf(slot, hold)

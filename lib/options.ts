@@ -71,6 +71,21 @@ export interface AutocertOptions {
    * 300 new orders per account per 3 hours). Default: 100.
    */
   maxOrdersPerHour?: number
+  /**
+   * How long a TLS handshake waits for a certificate being read or ordered
+   * (milliseconds). Past it the handshake fails with
+   * FST_AUTOCERT_HANDSHAKE_TIMEOUT and the order goes on in the background, so
+   * the client's next attempt is served. Keep it under the server's own
+   * `https.handshakeTimeout` (Node: 120 s). Default: 20000.
+   */
+  handshakeTimeout?: number
+  /**
+   * How long an order waits for a lock another instance holds: a name's, the
+   * order log's or the account's (milliseconds). Past it the order fails with
+   * FST_AUTOCERT_LOCK_TIMEOUT, a warning names the holder, and it is tried again
+   * later. Default: 120000 (an order normally holds a name's lock for seconds).
+   */
+  lockTimeout?: number
   /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */
   encryption?: EncryptionOptions
   /**
@@ -172,6 +187,8 @@ const rules = {
     if (!Number.isInteger(maxOrdersPerHour) || maxOrdersPerHour < 1) throw new FST_AUTOCERT_INVALID_OPTION('maxOrdersPerHour', 'must be a positive integer')
     return maxOrdersPerHour
   },
+  handshakeTimeout: (value: AutocertOptions['handshakeTimeout']): number => milliseconds('handshakeTimeout', value, 20_000),
+  lockTimeout: (value: AutocertOptions['lockTimeout']): number => milliseconds('lockTimeout', value, 120_000),
   encryption: (encryption: AutocertOptions['encryption']): EncryptionOptions | undefined => {
     if (encryption === undefined) return undefined
     if (encryption?.previousKeys !== undefined && !Array.isArray(encryption.previousKeys)) {
@@ -227,6 +244,13 @@ const rules = {
   },
   externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value
 } satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }
+
+/** A duration option: a positive number of milliseconds that a timer can wait (at most 2^31 - 1), or its default. */
+function milliseconds (name: keyof AutocertOptions, value: number | undefined, fallback: number): number {
+  const ms = value ?? fallback
+  if (!(Number.isFinite(ms) && ms > 0 && ms <= 2 ** 31 - 1)) throw new FST_AUTOCERT_INVALID_OPTION(name, 'must be a positive number of milliseconds (at most 2147483647)')
+  return ms
+}
 
 /** The options as validated: each option's rule's result (defaults filled in, names normalised). */
 export type Settings = { readonly [K in keyof typeof rules]: ReturnType<(typeof rules)[K]> }

@@ -18,8 +18,8 @@ export async function surface (): Promise<void> {
   void notAfter
   void renewAt
   app.autocert.on('renewed', (event) => { const previous: string = event.previousSerial; void previous })
-    .on('backoff', (event) => { const reason: 'failures' | 'budget' = event.reason; void reason })
-    .on('lock-wait', (event) => { const holder: string | undefined = event.holder; void holder })
+    .on('backoff', (event) => { const reason: 'failures' | 'budget' | 'clock' = event.reason; void reason })
+    .on('lock-wait', (event) => { const holder: string | undefined = event.holder; const lock: 'name' | 'order-log' | 'account' = event.lock; void holder; void lock })
   // @ts-expect-error events are a closed set
   app.autocert.on('expired', () => {})
   // @ts-expect-error an obtained event has no previous serial

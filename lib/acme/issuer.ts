@@ -1,6 +1,7 @@
 // One issuance with acme-client: account, order, challenges, finalize.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
+import type { FleetLocks } from '../fleet/locks'
 import { sleep, untilAborted } from '../signals'
 import { storeKeys } from '../store/keys'
 import type { CertStore } from '../store/store'
@@ -13,6 +14,8 @@ export interface IssuerOptions {
   email?: string
   externalAccountBinding?: { kid: string, hmacKey: string }
   store: CertStore
+  /** Takes the account's lock when the key must be created or registered. */
+  locks: FleetLocks
   /** In order of preference: each authorization is completed with the first one the CA offers. */
   solvers: readonly ChallengeSolver[]
 }
@@ -32,6 +35,13 @@ const ORDER_DEADLINE = 5 * 60_000
 const ordering = new AsyncLocalStorage<AbortSignal>()
 let guarded = false
 
+/*
+ * The CA's clock, as its answers' Date headers show it: the CA's time minus
+ * this machine's when the answer arrived (ms, per CA origin; the header has a
+ * resolution of a second). Noted from every answer acme-client receives.
+ */
+const caClockOffsets = new Map<string, number>()
+
 function installRequestGuard (): void {
   if (guarded) return
   guarded = true
@@ -42,25 +52,64 @@ function installRequestGuard (): void {
     config.timeout ||= REQUEST_TIMEOUT
     return config
   })
+  acme.axios.interceptors.response.use((response) => {
+    noteClock(response)
+    return response
+  }, (err: unknown) => {
+    noteClock((err as { response?: ClockSample } | undefined)?.response)
+    throw err
+  })
 }
+
+interface ClockSample { headers?: Record<string, unknown>, config?: { url?: string } }
+
+function noteClock (response: ClockSample | undefined): void {
+  const date = Date.parse(String(response?.headers?.date))
+  const url = response?.config?.url
+  if (!Number.isFinite(date) || url === undefined) return
+  try {
+    caClockOffsets.set(new URL(url).origin, date - Date.now())
+  } catch {}
+}
+
+/** Called while the account's lock is held by someone else, with that holder if known. */
+export type LockWaitListener = (holder: string | undefined) => void
 
 /** One issuance with acme-client: account, order, challenges, finalize. */
 export class Issuer {
   readonly #opts: IssuerOptions
+  readonly #origin: string
   #client: Promise<acme.Client> | undefined
+  /** Who hears of a wait for the account's lock: the orders waiting for the account. */
+  readonly #accountWaiters = new Set<LockWaitListener>()
 
   constructor (opts: IssuerOptions) {
     this.#opts = opts
+    this.#origin = new URL(opts.directoryUrl).origin
+    installRequestGuard()
   }
 
-  /** Looks the account up (or registers it) in the background; issue() then finds it ready. */
-  prepare (): void {
-    this.#account(new AbortController().signal).catch(() => {})
+  /**
+   * Looks the account up (or registers it), so that issue() finds it ready;
+   * resolves once it is (which means the CA has answered, see clockOffset()).
+   * `onLockWait` hears of a wait for the account's lock meanwhile.
+   */
+  async prepare (onLockWait?: LockWaitListener): Promise<void> {
+    if (onLockWait !== undefined) this.#accountWaiters.add(onLockWait)
+    try {
+      await this.#account(new AbortController().signal)
+    } finally {
+      if (onLockWait !== undefined) this.#accountWaiters.delete(onLockWait)
+    }
+  }
+
+  /** The CA's clock minus this machine's (ms), from the Date header of the CA's last answer; undefined before any. */
+  clockOffset (): number | undefined {
+    return caClockOffsets.get(this.#origin)
   }
 
   /** Orders a certificate for `name`; resolves with its PEM key and chain. */
   issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }> {
-    installRequestGuard()
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
     return ordering.run(bounded, () => this.#issue(name, keyType, bounded))
   }
@@ -133,13 +182,14 @@ export class Issuer {
    * account exists (or, if registering failed, it registers the stored key).
    */
   async #register (signal: AbortSignal): Promise<acme.Client> {
-    const { store } = this.#opts
+    const { store, locks } = this.#opts
     const stored = await store.get(storeKeys.account)
     if (stored !== undefined) {
       const client = this.#newClient(stored)
       if (await this.#lookUp(client)) return client
     }
-    const lock = await store.lock(storeKeys.account, signal)
+    const onWait = (holder: string | undefined): void => { for (const waiter of this.#accountWaiters) waiter(holder) }
+    const lock = await locks.take(storeKeys.account, signal, { onWait })
     try {
       let accountKey = await store.get(storeKeys.account)
       const created = accountKey === undefined

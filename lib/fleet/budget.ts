@@ -3,6 +3,7 @@ import type { Clock } from '../clock'
 import { storeKeys } from '../store/keys'
 import { readRecord, type CertStore, type Lock } from '../store/store'
 import { LockQueue } from './lock-queue'
+import type { FleetLocks, TakeOptions } from './locks'
 
 const HOUR = 3_600_000
 /**
@@ -17,8 +18,8 @@ export interface OrderBudgetOptions {
   store: CertStore
   /** New orders the whole fleet may place in any hour. */
   maxOrdersPerHour: number
-  /** Recorded with the budget's lock while this instance holds it. */
-  holder: string
+  /** Takes the budget's lock (recorded as this instance's, given up at the deadline). */
+  locks: FleetLocks
   clock: Clock
   /** Ends waits for the budget's lock (the manager is closing). */
   closing: AbortSignal
@@ -39,14 +40,14 @@ export class OrderBudget {
     this.#opts = opts
   }
 
-  /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). */
-  open (): BudgetClaim {
-    return new BudgetClaim(this.#lockAndRead(), this.#opts)
+  /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
+  open (onWait?: TakeOptions['onWait']): BudgetClaim {
+    return new BudgetClaim(this.#lockAndRead(onWait), this.#opts)
   }
 
-  async #lockAndRead (): Promise<Opened> {
-    const { store, holder, closing, clock } = this.#opts
-    const lock = await this.#queue.take(() => store.lock(storeKeys.orderLog, closing, { holder }), closing)
+  async #lockAndRead (onWait: TakeOptions['onWait']): Promise<Opened> {
+    const { store, locks, closing, clock } = this.#opts
+    const lock = await locks.take(storeKeys.orderLog, closing, { queue: this.#queue, onWait })
     try {
       const now = clock.now()
       const recent = parseOrderLog(await readRecord(store, storeKeys.orderLog))

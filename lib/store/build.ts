@@ -1,6 +1,7 @@
 // Makes the store the options name, and knows who closes it.
 import type { Settings } from '../options'
 import { AzureBlobStore } from './azure-blob'
+import { CodedStore } from './coded'
 import { EncryptedStore } from './encrypted'
 import { isCertStore, type CertStore } from './store'
 
@@ -14,11 +15,11 @@ export interface BuiltStore {
 /**
  * The one place that makes the store of the options: the user's own, or an
  * AzureBlobStore built from its options (which throws its own coded errors);
- * sealed by an EncryptedStore when `encryption` is set.
+ * its failures coded (CodedStore); sealed by an EncryptedStore when `encryption` is set.
  */
 export function buildStore ({ store, encryption }: Pick<Settings, 'store' | 'encryption'>): BuiltStore {
   const own = isCertStore(store) ? undefined : new AzureBlobStore(store)
-  const base = own ?? (store as CertStore)
+  const base = new CodedStore(own ?? (store as CertStore))
   return {
     store: encryption === undefined ? base : new EncryptedStore(base, encryption),
     close: async () => { await own?.close() }

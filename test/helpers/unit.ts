@@ -10,6 +10,7 @@
 import type { Clock, Timer } from '../../lib/clock'
 import { CertificateManager, type CertificateSource, type ManagerOptions } from '../../lib/manager'
 import type { Logger } from '../../lib/events'
+import { untilAborted } from '../../lib/signals'
 import { MemoryStore } from '../../lib/store/memory'
 import { createCa, type TestCa } from '../support/ca'
 
@@ -83,6 +84,12 @@ export class LocalIssuer implements CertificateSource {
   failWith: Error | undefined
   /** When true, issue() waits until its signal aborts. */
   stall = false
+  /** When set, issue() waits for it (or its signal) before issuing. */
+  gate: Promise<void> | undefined
+  /** Certificates start this long before the clock's now (ms): a CA whose clock lags, or that backdates. */
+  backdate = 0
+  /** What clockOffset() answers: the CA's clock minus ours (ms). */
+  offset: number | undefined
 
   constructor (clock: ManualClock) {
     this.#clock = clock
@@ -93,8 +100,13 @@ export class LocalIssuer implements CertificateSource {
     if (this.stall) {
       await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
     }
+    if (this.gate !== undefined) await untilAborted(this.gate, signal)
     if (this.failWith !== undefined) throw this.failWith
-    return this.ca.issue(name, { notBefore: this.#clock.now(), lifetime: this.lifetime })
+    return this.ca.issue(name, { notBefore: this.#clock.now() - this.backdate, lifetime: this.lifetime })
+  }
+
+  clockOffset (): number | undefined {
+    return this.offset
   }
 
   /** The names ordered so far, in order. */
@@ -132,6 +144,8 @@ export function unitManager (options: Partial<ManagerOptions> & { domains: strin
     concurrency: 8,
     instanceId: 'unit',
     onDemand: undefined,
+    handshakeTimeout: 20_000,
+    lockTimeout: 120_000,
     issuer,
     log,
     clock,

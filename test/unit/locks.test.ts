@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { EncryptedStore } from '../../lib/store/encrypted'
+import { storeKeys } from '../../lib/store/keys'
 import { MemoryStore } from '../../lib/store/memory'
 import type { CertStore } from '../../lib/store/store'
 import { settle, unitManager } from '../helpers/unit'
@@ -15,12 +16,12 @@ for (const [what, sealed] of [['a plain store', false], ['an EncryptedStore', tr
     const held = await inner.lock(A, undefined, { holder: 'web-2/4711' })
     const { manager, issuer } = unitManager({ domains: [A], store, instanceId: 'web-1/42' })
     t.teardown(() => manager.close())
-    const waits: Array<{ domain: string, holder?: string }> = []
+    const waits: Array<{ domain: string, holder?: string, lock: string }> = []
     manager.events.on('lock-wait', (e) => waits.push(e))
 
     const first = manager.certificate(A)
     await settle()
-    t.same(waits, [{ domain: A, holder: 'web-2/4711' }], 'one lock-wait event naming the holder')
+    t.same(waits, [{ domain: A, holder: 'web-2/4711', lock: 'name' }], 'one lock-wait event naming the holder and the lock')
     t.equal(manager.status()[0].lockHolder, 'web-2/4711', 'status() shows who holds it')
     t.equal(issuer.calls.length, 0, 'no order while another instance holds the lock')
 
@@ -44,4 +45,63 @@ t.test('while this instance holds the lock, status() says so', async (t) => {
   await manager.close()
   await t.rejects(first, { code: 'FST_AUTOCERT_CLOSED' }, 'close() ends the order')
   t.equal(manager.status()[0].lockHolder, undefined, 'and releases the lock')
+})
+
+t.test('an order gives up a lock another instance keeps at lockTimeout: FST_AUTOCERT_LOCK_TIMEOUT naming the holder, a warning, status() meanwhile', async (t) => {
+  const store = new MemoryStore()
+  const held = await store.lock(A, undefined, { holder: 'stuck/1' })
+  t.teardown(() => held.release())
+  const { manager, clock, issuer, log } = unitManager({ domains: [A], store, instanceId: 'web-1/42', lockTimeout: 30_000 })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  const order = manager.certificate(A)
+  order.catch(() => {})
+  await clock.advance(29_000)
+  t.same(manager.status()[0].waitingFor, { lock: 'name', holder: 'stuck/1', since: new Date(t0) }, 'status() shows the wait: which lock, who, since when')
+  await clock.advance(1_000)
+  await t.rejects(order, { code: 'FST_AUTOCERT_LOCK_TIMEOUT', message: /lock a\.example\.test, held by stuck\/1, after 30000 ms/ })
+  t.equal(issuer.calls.length, 0, 'no order placed')
+  const warning = log.lines.find((l) => l.msg.startsWith('gave up waiting for a lock'))
+  t.same(warning && { level: warning.level, ...warning.obj }, { level: 'warn', lock: A, holder: 'stuck/1', waitedMs: 30_000 }, 'a warning names the lock and its holder')
+  t.equal(manager.status()[0].waitingFor, undefined, 'no longer waiting')
+  t.equal(manager.status()[0].lockHolder, undefined)
+})
+
+t.test('waits for the order log\'s lock are reported like a name\'s, and end at lockTimeout too', async (t) => {
+  const store = new MemoryStore()
+  const held = await store.lock(storeKeys.orderLog, undefined, { holder: 'web-2/7' })
+  t.teardown(() => held.release())
+  const { manager, clock, issuer } = unitManager({ domains: [A], store, lockTimeout: 10_000 })
+  t.teardown(() => manager.close())
+  const waits: Array<{ domain: string, holder?: string, lock: string }> = []
+  manager.events.on('lock-wait', (e) => waits.push(e))
+  const order = manager.certificate(A)
+  order.catch(() => {})
+  await clock.advance(1_000)
+  t.same(waits, [{ domain: A, holder: 'web-2/7', lock: 'order-log' }], 'a lock-wait event for the order log, with the domain waiting')
+  t.match(manager.status()[0].waitingFor, { lock: 'order-log', holder: 'web-2/7' })
+  await clock.advance(9_000)
+  await t.rejects(order, { code: 'FST_AUTOCERT_LOCK_TIMEOUT', message: /acme_orders\+log, held by web-2\/7/ })
+  t.equal(issuer.calls.length, 0)
+
+  await held.release()
+  const cert = await manager.certificate(A)
+  t.ok(cert.serial, 'once the holder lets go, the next attempt orders')
+  t.equal(manager.status()[0].waitingFor, undefined)
+})
+
+t.test('a handshake waits at most handshakeTimeout: FST_AUTOCERT_HANDSHAKE_TIMEOUT, and the order goes on for the next one', async (t) => {
+  const { manager, clock, issuer } = unitManager({ domains: [A], handshakeTimeout: 5_000 })
+  t.teardown(() => manager.close())
+  let open!: () => void
+  issuer.gate = new Promise((resolve) => { open = resolve })
+  const first = new Promise<unknown>((resolve) => manager.resolve(A, (err, ctx) => resolve(err ?? ctx)))
+  await clock.advance(5_000)
+  t.match(await first, { code: 'FST_AUTOCERT_HANDSHAKE_TIMEOUT', message: /"a\.example\.test" within 5000 ms/ }, 'the handshake fails with the coded error')
+  t.equal(issuer.calls.length, 1, 'the order is under way')
+  open()
+  await clock.advance(0)
+  const second = await new Promise<unknown>((resolve) => manager.resolve(A, (err, ctx) => resolve(err ?? ctx)))
+  t.notOk(second instanceof Error, 'the next handshake is served by the order the first one started')
+  t.equal(issuer.calls.length, 1, 'one order in all')
 })

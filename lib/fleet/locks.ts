@@ -1,0 +1,72 @@
+// The fleet's store locks as the plugin takes them: recorded as this instance's, reported while waited for, given up at a deadline.
+import { timeoutSignal, type Clock } from '../clock'
+import { FST_AUTOCERT_LOCK_TIMEOUT } from '../errors'
+import type { Logger } from '../events'
+import { linkSignals } from '../signals'
+import type { CertStore, Lock } from '../store/store'
+import type { LockQueue } from './lock-queue'
+
+/** Which of the fleet's locks is waited for: a name's (one order per name), the order log's (the budget) or the account key's. */
+export type LockKind = 'name' | 'order-log' | 'account'
+
+export interface FleetLockOptions {
+  store: CertStore
+  /** This instance's id, recorded with every lock it holds. */
+  holder: string
+  /** How long a lock held by another instance is waited for (ms). */
+  timeout: number
+  clock: Clock
+  log: Logger
+}
+
+export interface TakeOptions {
+  /** This process's queue for the lock: its takers wait in memory for each other, not by polling the store. */
+  queue?: LockQueue
+  /** Called when the lock is found held by someone else, with its holder if the store knows it (again when it changes). */
+  onWait?: (holder: string | undefined) => void
+}
+
+/**
+ * Takes the fleet's locks in one way, whichever it is: recorded as this
+ * instance's, the holder reported to `onWait` while it is waited for, and
+ * given up after `timeout` with FST_AUTOCERT_LOCK_TIMEOUT and a warning that
+ * names the holder. A lease that is never released (a stuck or hostile
+ * holder) costs an order one deadline, never the process's progress.
+ */
+export class FleetLocks {
+  readonly #opts: FleetLockOptions
+
+  constructor (opts: FleetLockOptions) {
+    this.#opts = opts
+  }
+
+  /** The lock named `key`; rejects with `signal`'s reason when it aborts first, or FST_AUTOCERT_LOCK_TIMEOUT at the deadline. */
+  async take (key: string, signal: AbortSignal, { queue, onWait }: TakeOptions = {}): Promise<Lock> {
+    const { store, holder, timeout, clock, log } = this.#opts
+    const deadline = timeoutSignal(clock, timeout)
+    const wait = linkSignals(signal, deadline.signal)
+    // Until the store is asked, the lock is held in this process: by this instance.
+    let seen: string | undefined = `${holder} (this instance)`
+    const acquire = (): Promise<Lock> => {
+      seen = undefined
+      return store.lock(key, wait.signal, {
+        holder,
+        onWait: (current) => {
+          seen = current
+          onWait?.(current)
+        }
+      })
+    }
+    try {
+      return await (queue === undefined ? acquire() : queue.take(acquire, wait.signal))
+    } catch (err) {
+      if (!deadline.signal.aborted || signal.aborted) throw err
+      const timedOut = new FST_AUTOCERT_LOCK_TIMEOUT(key, seen ?? 'an unknown holder', timeout)
+      log.warn({ lock: key, holder: seen, waitedMs: timeout }, 'gave up waiting for a lock another holder keeps')
+      throw timedOut
+    } finally {
+      deadline.dispose()
+      wait.dispose()
+    }
+  }
+}
