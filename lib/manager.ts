@@ -431,10 +431,10 @@ export class CertificateManager {
       claim ??= this.#budget.open(onBudgetWait)
       // The CA has answered once the account is ready: its Date says whether this clock can be trusted with the fleet's log.
       const unprepared = await prepared
-      if (slot.waiting?.lock === 'account') slot.waiting = undefined
+      this.#waited(slot, 'account')
       if (errorCode(unprepared) === 'FST_AUTOCERT_LOCK_TIMEOUT') throw unprepared
       this.#checkClock(slot)
-      const budget = await claim.spend().finally(() => { slot.waiting = undefined })
+      const budget = await claim.spend().finally(() => { this.#waited(slot, 'order-log') })
       if (!budget.spent) this.#budgetSpent(slot, budget.retryAt)
 
       log.info({ domain: name }, 'ordering certificate')
@@ -597,7 +597,7 @@ export class CertificateManager {
     const lock = await this.#locks.take(storeKeys.nameLock(slot.name), this.#closing.signal, { queue: slot.site.lockQueue, onWait })
       .finally(() => {
         slot.lockHolder = undefined
-        slot.waiting = undefined
+        this.#waited(slot, 'name')
       })
     slot.lockHolder = this.#opts.instanceId
     return {
@@ -615,6 +615,11 @@ export class CertificateManager {
       slot.waiting = { lock, holder: holder ?? 'unknown', since: slot.waiting?.lock === lock ? slot.waiting.since : this.#clock.now() }
       this.events.tell('lock-wait', { domain: slot.name, holder, lock })
     }
+  }
+
+  /** The wait of `slot`'s order for `lock` is over (it may be waiting for another one still). */
+  #waited (slot: Slot, lock: LockKind): void {
+    if (slot.waiting?.lock === lock) slot.waiting = undefined
   }
 
   #fail (slot: Slot, err: unknown, retryAt?: number): void {
