@@ -22,12 +22,20 @@ export interface Settings {
 }
 
 /**
+ * How long a client may take to finish its TLS handshake (ms), instead of
+ * Node's 120 s: a connection that sends nothing costs a socket for that long.
+ * Above the plugin's handshakeTimeout (20 s), the longest a first handshake
+ * waits for its certificate, so that wait ends with the plugin's coded error.
+ */
+export const HANDSHAKE_TIMEOUT = 25_000
+
+/**
  * The Fastify app of example/server.ts (and metrics-server.ts): HTTPS with the
  * plugin registered for `config`, `GET /` and `GET /status`; not listening yet.
  */
 export async function fastifyServer (config: Settings): Promise<FastifyInstance> {
   const store = new AzureBlobStore({ connectionString: config.connectionString, container: config.container })
-  const app = Fastify({ https: { SNICallback }, logger: true })
+  const app = Fastify({ https: { SNICallback, handshakeTimeout: HANDSHAKE_TIMEOUT }, logger: true })
   app.addHook('onClose', () => store.close())
   await app.register(autocert, {
     domains: config.domains,

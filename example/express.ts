@@ -12,7 +12,7 @@ import http from 'node:http'
 import https from 'node:https'
 import express from 'express'
 import { createAutocert } from '../lib'
-import { close, launch, listen, logger, onSignal, redirectToHttps, settings } from './common'
+import { close, HANDSHAKE_TIMEOUT, launch, listen, logger, onSignal, redirectToHttps, settings } from './common'
 
 async function main (): Promise<void> {
   const config = settings()
@@ -39,7 +39,7 @@ async function main (): Promise<void> {
 
   // Stored certificates are in memory before the first connection.
   await autocert.ready()
-  const secure = https.createServer({ SNICallback: autocert.SNICallback }, app)
+  const secure = https.createServer({ SNICallback: autocert.SNICallback, handshakeTimeout: HANDSHAKE_TIMEOUT }, app)
   const insecure = http.createServer(plain)
   await Promise.all([listen(secure, config.httpsPort, config.host), listen(insecure, config.httpPort, config.host)])
   // Both listen: what is missing can be ordered, the CA's validation finds port 80.

@@ -12,7 +12,7 @@
 import http from 'node:http'
 import https from 'node:https'
 import { createAutocert } from '../lib'
-import { close, launch, listen, logger, onSignal, redirectToHttps, settings } from './common'
+import { close, HANDSHAKE_TIMEOUT, launch, listen, logger, onSignal, redirectToHttps, settings } from './common'
 
 async function main (): Promise<void> {
   const config = settings()
@@ -26,7 +26,7 @@ async function main (): Promise<void> {
     logger
   })
 
-  const secure = https.createServer({ SNICallback: autocert.SNICallback }, (req, res) => {
+  const secure = https.createServer({ SNICallback: autocert.SNICallback, handshakeTimeout: HANDSHAKE_TIMEOUT }, (req, res) => {
     if (req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(autocert.status()))
     } else if (req.url === '/') {
