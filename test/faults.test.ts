@@ -198,6 +198,10 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
   })
 
   await t.test('a lookup that fails is an error, not a miss: the handshake fails and nothing is ordered', async (t) => {
+    const serverErrors: Array<{ code?: string }> = []
+    const onError = (err: { code?: string }): void => { serverErrors.push(err) }
+    app.app.server.on('tlsClientError', onError)
+    t.teardown(() => { app.app.server.off('tlsClientError', onError) })
     const started = Date.now()
     await t.rejects(handshake(app.port, pending, root), 'the handshake fails')
     t.ok(Date.now() - started < 3000, `and fails fast (${Date.now() - started} ms)`)
@@ -205,6 +209,11 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
     t.equal(pebble.orderCount(), orders, 'no order reached the CA')
     t.match(status(app, pending).lastError?.message, /ECONNREFUSED/, 'status() shows why')
     t.ok(app.logs.some((l) => l.msg === 'certificate store read failed' && l.domain === pending), 'logged as a store failure')
+    // (A client closing an earlier connection shows there too, as a socket hang up.)
+    t.match(serverErrors.find((err) => err.code !== 'ECONNRESET' && !/hang up/.test(String(err))), { code: 'FST_AUTOCERT_STORE_FAILED', message: /failed to read pending\.example\.test: .*ECONNREFUSED/ },
+      'the handshake\'s error is coded, the store\'s own in its message')
+    await t.rejects(app.app.autocert.certificate(pending), { code: 'FST_AUTOCERT_STORE_FAILED', cause: { code: 'ECONNREFUSED' } }, 'so is certificate()\'s, the store\'s error its cause')
+    t.match(app.logs.find((l) => l.msg === 'certificate store read failed' && l.domain === pending), { error: { code: 'FST_AUTOCERT_STORE_FAILED' } }, 'and the log line\'s')
   })
 
   await t.test('a renewal that falls due during the outage waits and retries', async (t) => {
