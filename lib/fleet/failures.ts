@@ -1,7 +1,8 @@
 // The fleet's failure records: the backoff every instance follows.
 import type { Clock } from '../clock'
+import { CLOCK_TOLERANCE } from './budget'
 import { errorMessage } from '../events'
-import { retryDelay } from '../renewal'
+import { DEFAULT_RETRY_DELAYS, retryDelay } from '../renewal'
 import { storeKeys } from '../store/keys'
 import { readRecord, type CertStore } from '../store/store'
 
@@ -32,9 +33,19 @@ export class FailureRecords {
     this.#clock = clock
   }
 
-  /** The record of `certificateKey`; unreadable data counts as none, a store failure rejects. */
+  /**
+   * The record of `certificateKey`; unreadable data counts as none, a store
+   * failure rejects. So does an implausible record, one that no instance of
+   * this fleet could have written: failed in the future (beyond
+   * CLOCK_TOLERANCE), or a retry further away than the longest backoff step.
+   * A record planted to stop a name's orders for a year is ignored, and
+   * replaced at the next failure.
+   */
   async read (certificateKey: string): Promise<FailureRecord | undefined> {
-    return parse(await readRecord(this.#store, storeKeys.failure(certificateKey)))
+    const record = parse(await readRecord(this.#store, storeKeys.failure(certificateKey)))
+    const now = this.#clock.now()
+    const longest = Math.max(...(this.#delays ?? DEFAULT_RETRY_DELAYS))
+    return record !== undefined && record.at <= now + CLOCK_TOLERANCE && record.retryAt <= now + longest + CLOCK_TOLERANCE ? record : undefined
   }
 
   /**
@@ -62,7 +73,7 @@ function parse (data: Buffer | undefined): FailureRecord | undefined {
   if (data === undefined) return undefined
   try {
     const record = JSON.parse(data.toString('utf8')) as FailureRecord
-    return Number.isFinite(record.retryAt) && Number.isInteger(record.failures) ? record : undefined
+    return Number.isFinite(record.retryAt) && Number.isFinite(record.at) && Number.isInteger(record.failures) && typeof record.error === 'string' ? record : undefined
   } catch {
     return undefined
   }

@@ -62,6 +62,40 @@ t.test('a failure record another instance left is honoured: no order before its 
   t.same(issuer.calls.map((c) => c.at - t0), [10 * MIN], 'ordered when the record says')
 })
 
+t.test('an implausible failure record (a retry a year away, a failure in the future, malformed) is ignored, and replaced at the next failure', async (t) => {
+  const planted = (t0: number): unknown[] => [
+    { failures: 1, error: 'planted', at: t0, retryAt: t0 + 365 * 24 * HOUR },
+    { failures: 1, error: 'planted', at: t0 + 24 * HOUR, retryAt: t0 + MIN },
+    { failures: 1, error: 'planted', at: 'yesterday', retryAt: t0 + MIN },
+    { failures: 1, at: t0, retryAt: t0 + MIN }
+  ]
+  const what = ['a retry a year away', 'a failure a day ahead', 'a time that is not a number', 'no error message']
+  for (const [i, record] of what.entries()) {
+    const { manager, clock, issuer, store } = unitManager({ domains: [A] })
+    const t0 = clock.now()
+    await store.put(storeKeys.failure(A), JSON.stringify(planted(t0)[i]))
+    manager.start()
+    await clock.advance(0)
+    t.equal(issuer.calls.length, 1, `${record}: ignored, ordered at once`)
+    await manager.close()
+  }
+  const { manager, clock, issuer, store } = unitManager({ domains: [A] })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  await store.put(storeKeys.failure(A), JSON.stringify(planted(t0)[0]))
+  issuer.failWith = new Error('the CA says no')
+  manager.start()
+  await clock.advance(0)
+  t.same(JSON.parse(String(await store.get(storeKeys.failure(A)))), { failures: 1, error: 'the CA says no', at: t0, retryAt: t0 + MIN }, 'the planted record is replaced by a true one, counting from 1')
+  // The longest step with custom delays is the bound: a record within it is honoured.
+  const custom = unitManager({ domains: ['b.example.test'], retryDelays: [MIN, 2 * HOUR * 24] })
+  t.teardown(() => custom.manager.close())
+  await custom.store.put(storeKeys.failure('b.example.test'), JSON.stringify({ failures: 2, error: 'x', at: custom.clock.now(), retryAt: custom.clock.now() + 47 * HOUR }))
+  custom.manager.start()
+  await custom.clock.advance(0)
+  t.equal(custom.issuer.calls.length, 0, 'a retry within the longest of retryDelays is honoured')
+})
+
 t.test('the fleet\'s order budget: orders past maxOrdersPerHour wait for the next slot and are refused with FST_AUTOCERT_RATE_LIMITED', async (t) => {
   const names = ['a.example.test', 'b.example.test', 'c.example.test', 'd.example.test']
   const { manager, clock, issuer, store, log } = unitManager({ domains: names, maxOrdersPerHour: 2 })
