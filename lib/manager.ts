@@ -19,8 +19,8 @@ import { OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
-import { storeKeys } from './store/keys'
-import { isCorrupt, type CertStore, type Lock } from './store/store'
+import { storeKeys, storeLimits } from './store/keys'
+import { isCorrupt, readBounded, type CertStore, type Lock } from './store/store'
 
 /*
  * name -> memory -> store -> lock -> order -> store -> memory. Each step has one place: #load reads the store, #orderLocked holds the lock
@@ -120,8 +120,8 @@ export class CertificateManager {
     this.events = new AutocertEmitter(opts.log)
     this.#onDemand = opts.onDemand && new OnDemandPolicy<Site>(opts.onDemand, opts.log, clock)
     this.#refusals = new RefusalLog(opts.log, clock)
-    this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock)
-    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, holder: opts.instanceId, clock, closing: this.#closing.signal })
+    this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock, opts.log)
+    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, holder: opts.instanceId, clock, closing: this.#closing.signal, log: opts.log })
     for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
 
@@ -315,7 +315,7 @@ export class CertificateManager {
     if (slot.readError !== undefined && this.#clock.now() - slot.readError.at < READ_ERROR_TTL) throw slot.readError.err
     let cert: Certificate
     try {
-      const data = await store.get(slot.key)
+      const data = await readBounded(store, slot.key, storeLimits.certificate)
       if (data === undefined) return undefined
       cert = decodeBundle(slot.name, slot.key, data)
     } catch (err) {

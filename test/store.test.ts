@@ -17,10 +17,12 @@ import {
 } from '@azure/storage-blob'
 import t from 'tap'
 import { AzureBlobStore, type AzureBlobStoreOptions } from '../lib/store/azure-blob'
+import type { Logger } from '../lib/events'
+import { CorruptLog } from '../lib/store/corrupt-log'
 import { EncryptedStore } from '../lib/store/encrypted'
 import { FileStore } from '../lib/store/file'
 import { MemoryStore } from '../lib/store/memory'
-import { isCertStore, readBounded, type CertStore, type Lock } from '../lib/store/store'
+import { isCertStore, readBounded, readRecord, type CertStore, type Lock } from '../lib/store/store'
 import { entraCredential, startAzurite, trustAzurite, type Azurite } from './support/azurite'
 
 const { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } = fsp
@@ -910,9 +912,14 @@ t.test('FileStore specifics', async (t) => {
   })
 })
 
-t.test('what the plugin reads with: EncryptedStore limits, readBounded', async (t) => {
+t.test('what the plugin reads with: EncryptedStore limits, readBounded, readRecord', async (t) => {
   // What a sealed value adds: MAGIC, key id, IV and GCM tag.
   const OVERHEAD = 36
+  const logger = (): Logger & { lines: Array<{ obj: object, msg: string }> } => {
+    const lines: Array<{ obj: object, msg: string }> = []
+    const keep = (obj: object, msg: string): void => { lines.push({ obj, msg }) }
+    return { lines, debug: keep, info: keep, warn: keep, error: keep }
+  }
 
   t.test('EncryptedStore passes the limit on, enlarged by its sealing overhead', async (t) => {
     const inner = new MemoryStore()
@@ -967,5 +974,43 @@ t.test('what the plugin reads with: EncryptedStore limits, readBounded', async (
     }, 'readBounded refuses it')
     t.equal((await readBounded(older, 'a.example.com', 2000))?.length, 2000)
     t.equal(await readBounded(older, 'missing.example.com', 10), undefined)
+  })
+
+  t.test('readRecord: unusable records count as none and are logged once, until found usable again', async (t) => {
+    const store = new MemoryStore()
+    const log = logger()
+    const corrupt = new CorruptLog(log, 'ignoring unusable test record')
+    const parse = (data: Buffer): { n: number } | undefined => {
+      const n = Number(data.toString())
+      return Number.isInteger(n) ? { n } : undefined
+    }
+    const read = (): Promise<{ n: number } | undefined> => readRecord(store, 'r+failure', 8, parse, corrupt)
+    t.equal(await read(), undefined, 'missing: none')
+    await store.put('r+failure', '123456789')
+    t.equal(await read(), undefined, 'over the limit: none')
+    t.equal(await read(), undefined)
+    t.equal(log.lines.length, 1, 'logged once')
+    t.match(log.lines[0], { msg: 'ignoring unusable test record', obj: { blob: 'r+failure', error: { code: 'FST_AUTOCERT_CORRUPT', message: /9 bytes, over the limit of 8/ } } })
+    await store.put('r+failure', 'x')
+    t.equal(await read(), undefined, 'refused by parse: none')
+    t.equal(log.lines.length, 1, 'still the same unusable key: not logged again')
+    await store.put('r+failure', '7')
+    t.same(await read(), { n: 7 }, 'usable')
+    await store.put('r+failure', 'y')
+    t.equal(await read(), undefined)
+    t.equal(log.lines.length, 2, 'unusable again after a usable read: logged again')
+    t.match(log.lines[1].obj, { error: { message: /is not a record the plugin writes/ } })
+  })
+
+  t.test('CorruptLog remembers 1,000 keys: the oldest is forgotten first', async (t) => {
+    const log = logger()
+    const corrupt = new CorruptLog(log, 'unusable')
+    for (let i = 0; i <= 1000; i++) corrupt.report(`k${i}`, new Error('x'))
+    corrupt.report('k1000', new Error('x'))
+    t.equal(log.lines.length, 1001, 'each key once')
+    corrupt.report('k0', new Error('x'))
+    t.equal(log.lines.length, 1002, 'the first, forgotten, is logged again')
+    corrupt.report('k2', new Error('x'))
+    t.equal(log.lines.length, 1002, 'a remembered one is not')
   })
 })

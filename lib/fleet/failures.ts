@@ -1,9 +1,14 @@
 // The fleet's failure records: the backoff every instance follows.
 import type { Clock } from '../clock'
-import { errorMessage } from '../events'
+import { errorMessage, type Logger } from '../events'
 import { retryDelay } from '../renewal'
-import { storeKeys } from '../store/keys'
+import { CorruptLog } from '../store/corrupt-log'
+import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore } from '../store/store'
+
+// A record's error message is cut to this many characters: even as JSON escapes
+// (6 bytes each at most) the record stays well under storeLimits.failure.
+const ERROR_CHARS = 2000
 
 /** A failed order, shared by the fleet through the store under `<certificate key>+failure`. */
 export interface FailureRecord {
@@ -25,16 +30,22 @@ export class FailureRecords {
   readonly #store: CertStore
   readonly #delays: readonly number[] | undefined
   readonly #clock: Clock
+  readonly #corrupt: CorruptLog
 
-  constructor (store: CertStore, retryDelays: readonly number[] | undefined, clock: Clock) {
+  constructor (store: CertStore, retryDelays: readonly number[] | undefined, clock: Clock, log: Logger) {
     this.#store = store
     this.#delays = retryDelays
     this.#clock = clock
+    this.#corrupt = new CorruptLog(log, 'ignoring unusable failure record')
   }
 
-  /** The record of `certificateKey`; unreadable data counts as none, a store failure rejects. */
+  /**
+   * The record of `certificateKey`; unusable data (over storeLimits.failure, or
+   * not a record) counts as none and is rewritten at the next failure, a store
+   * failure rejects.
+   */
   async read (certificateKey: string): Promise<FailureRecord | undefined> {
-    return parse(await readRecord(this.#store, storeKeys.failure(certificateKey)))
+    return await readRecord(this.#store, storeKeys.failure(certificateKey), storeLimits.failure, parse, this.#corrupt)
   }
 
   /**
@@ -47,7 +58,7 @@ export class FailureRecords {
     const previous = await this.read(certificateKey).catch(() => undefined)
     const failures = (previous?.failures ?? 0) + 1
     const at = this.#clock.now()
-    const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt: at + retryDelay(failures, this.#delays) }
+    const record: FailureRecord = { failures, error: errorMessage(err).slice(0, ERROR_CHARS), at, retryAt: at + retryDelay(failures, this.#delays) }
     if (!lockSignal.aborted) await this.#store.put(storeKeys.failure(certificateKey), JSON.stringify(record)).catch(() => {})
     return record
   }
@@ -58,8 +69,7 @@ export class FailureRecords {
   }
 }
 
-function parse (data: Buffer | undefined): FailureRecord | undefined {
-  if (data === undefined) return undefined
+function parse (data: Buffer): FailureRecord | undefined {
   try {
     const record = JSON.parse(data.toString('utf8')) as FailureRecord
     return Number.isFinite(record.retryAt) && Number.isInteger(record.failures) ? record : undefined

@@ -1,5 +1,6 @@
 // The storage contract every store implements, the lock included.
 import { FST_AUTOCERT_CORRUPT } from '../errors'
+import type { CorruptLog } from './corrupt-log'
 
 /**
  * The storage contract. Every instance of a cluster points at the same store:
@@ -109,14 +110,28 @@ export async function readBounded (store: CertStore, key: string, maxBytes: numb
   return value
 }
 
-/** Reads a record the plugin rewrites as a whole (failure records, the order log): unreadable (corrupt) data counts as none, a store failure throws. */
-export async function readRecord (store: CertStore, key: string): Promise<Buffer | undefined> {
+/**
+ * Reads a record the plugin writes as a whole (a failure record, the order log,
+ * an HTTP-01 answer), bounded by `maxBytes`. Unusable data (over the limit, not
+ * opening, or refused by `parse`, which returns undefined for it) counts as none
+ * and is reported to `corrupt`, which logs it once; a store failure throws.
+ */
+export async function readRecord<T> (
+  store: CertStore, key: string, maxBytes: number, parse: (data: Buffer) => T | undefined, corrupt: CorruptLog
+): Promise<T | undefined> {
+  let record: T | undefined
   try {
-    return await store.get(key)
+    const data = await readBounded(store, key, maxBytes)
+    if (data === undefined) return undefined
+    record = parse(data)
+    if (record === undefined) throw new FST_AUTOCERT_CORRUPT(key, 'it is not a record the plugin writes')
   } catch (err) {
-    if (isCorrupt(err)) return undefined
-    throw err
+    if (!isCorrupt(err)) throw err
+    corrupt.report(key, err)
+    return undefined
   }
+  corrupt.usable(key)
+  return record
 }
 
 /** True for FST_AUTOCERT_CORRUPT: stored data that is unusable (never served, replaced by the next write). */
