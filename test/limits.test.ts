@@ -134,10 +134,15 @@ t.test('a 200 MB blob under a listed name, an HTTP-01 token, the order log and a
   await t.test('10 concurrent GETs of a token whose answer is 200 MB: 404 at once, nothing near 200 MB read, one warning', async (t) => {
     const before = relay.received()
     const lines = app.logs.length
+    const rss = process.memoryUsage().rss
+    let peak = rss
+    const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 10)
     const started = performance.now()
     const answers = await Promise.all(Array.from({ length: 10 }, () => get(httpPort, `${CHALLENGE_PATH}${token}`, big)))
     const ms = performance.now() - started
+    clearInterval(sampler)
     const read = relay.received() - before
+    t.comment(`RSS peaked ${mb(peak - rss)} above its level before the GETs (informational: machine-dependent)`)
     t.same(answers.map((a) => a.status), Array(10).fill(404), 'all 404')
     t.ok(answers.every((a) => a.body === 'Not Found'), 'nothing of the blob served')
     t.ok(ms < 10_000, `all answered in ${ms.toFixed(0)} ms (slowest ${Math.max(...answers.map((a) => a.ms)).toFixed(0)} ms)`)
