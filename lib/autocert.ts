@@ -15,7 +15,7 @@ import { normalizeName } from './names'
 import { validate, type AutocertOptions, type Settings } from './options'
 import { buildStore, type BuiltStore } from './store/build'
 import { EncryptedStore } from './store/encrypted'
-import { storeKeys } from './store/keys'
+import { storeKeys, storeLimits } from './store/keys'
 
 export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
@@ -122,7 +122,7 @@ export class AutocertCore implements AutocertServer {
     const { store } = this.#store
     // Any well-formed host is looked up, listed here or not: instances of a fleet
     // may list different names, and the CA's request may reach any of them.
-    this.#http01 = new Http01Challenges(store)
+    this.#http01 = new Http01Challenges(store, log)
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
     const { directoryUrl, email, externalAccountBinding } = opts
@@ -172,7 +172,7 @@ export class AutocertCore implements AutocertServer {
     // The account key is written once: after a key rotation it must be sealed anew.
     const { store } = this.#store
     if (store instanceof EncryptedStore) {
-      await store.reseal(storeKeys.account).catch((err: unknown) => {
+      await store.reseal(storeKeys.account, { maxBytes: storeLimits.account }).catch((err: unknown) => {
         this.#log.warn({ error: errorFields(err) }, 'could not re-seal the account key')
       })
     }

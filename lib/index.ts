@@ -67,6 +67,7 @@ declare namespace fastifyAutocert {
   export type CertStore = store.CertStore
   export type Lock = store.Lock
   export type LockOptions = store.LockOptions
+  export type GetOptions = store.GetOptions
   export type MemoryStore = memoryStore.MemoryStore
   export type FileStore = fileStore.FileStore
   export type AzureBlobStore = azureBlob.AzureBlobStore

@@ -20,8 +20,8 @@ import { OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
-import { storeKeys } from './store/keys'
-import { isCorrupt, type CertStore, type Lock } from './store/store'
+import { storeKeys, storeLimits } from './store/keys'
+import { isCorrupt, readBounded, type CertStore, type Lock } from './store/store'
 
 /*
  * name -> memory -> store -> lock -> order -> store -> memory. Each step has one place: #load reads the store, #orderLocked holds the lock
@@ -137,9 +137,9 @@ export class CertificateManager {
     this.events = new AutocertEmitter(opts.log)
     this.#onDemand = opts.onDemand && new OnDemandPolicy<Site>(opts.onDemand, opts.log, clock)
     this.#refusals = new RefusalLog(opts.log, clock)
-    this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock)
+    this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock, opts.log)
     this.#locks = new FleetLocks({ store: opts.store, holder: opts.instanceId, timeout: opts.lockTimeout, clock, log: opts.log })
-    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, locks: this.#locks, clock, closing: this.#closing.signal })
+    this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, locks: this.#locks, clock, closing: this.#closing.signal, log: opts.log })
     for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
 
@@ -346,7 +346,7 @@ export class CertificateManager {
     if (slot.readError !== undefined && this.#clock.now() - slot.readError.at < READ_ERROR_TTL) throw slot.readError.err
     let cert: Certificate
     try {
-      const data = await store.get(slot.key)
+      const data = await readBounded(store, slot.key, storeLimits.certificate)
       if (data === undefined) return undefined
       cert = decodeBundle(slot.name, slot.key, data)
     } catch (err) {

@@ -17,9 +17,12 @@ import {
 } from '@azure/storage-blob'
 import t from 'tap'
 import { AzureBlobStore, type AzureBlobStoreOptions } from '../lib/store/azure-blob'
+import type { Logger } from '../lib/events'
+import { CorruptLog } from '../lib/store/corrupt-log'
+import { EncryptedStore } from '../lib/store/encrypted'
 import { FileStore } from '../lib/store/file'
 import { MemoryStore } from '../lib/store/memory'
-import { isCertStore, type CertStore, type Lock } from '../lib/store/store'
+import { isCertStore, readBounded, readRecord, type CertStore, type Lock } from '../lib/store/store'
 import { entraCredential, startAzurite, trustAzurite, type Azurite } from './support/azurite'
 
 const { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } = fsp
@@ -102,6 +105,21 @@ function conformance (parent: tap.Test, name: string, make: (t: tap.Test) => Pro
       t.ok(value.equals(got!), 'same bytes')
       await store.put('tok+http-01', 'key authorization ✓')
       t.equal((await store.get('tok+http-01'))?.toString('utf8'), 'key authorization ✓', 'strings are stored as UTF-8')
+    })
+
+    t.test('maxBytes: a larger value is refused with its size and the limit, never its data', async (t) => {
+      const { store } = await make(t)
+      const value = Buffer.alloc(100, 'Q')
+      await store.put('a.example.com', value)
+      t.same(await store.get('a.example.com', { maxBytes: 100 }), value, 'a value of exactly maxBytes is read')
+      t.same(await store.get('a.example.com', { maxBytes: 1e9 }), value, 'so is a smaller one')
+      const err = await rejection(store.get('a.example.com', { maxBytes: 99 }))
+      t.match(err, { code: 'FST_AUTOCERT_CORRUPT', message: 'stored data under a.example.com is unusable: 100 bytes, over the limit of 99 bytes for this kind of value' })
+      t.notOk(inspect(err).includes('QQQ'), 'no data in the error')
+      t.equal(await store.get('missing.example.com', { maxBytes: 10 }), undefined, 'a missing key is still undefined')
+      await store.put('empty.example.com', '')
+      t.same(await store.get('empty.example.com', { maxBytes: 10 }), Buffer.alloc(0), 'an empty value is read')
+      t.same(await store.get('empty.example.com', { maxBytes: 0 }), Buffer.alloc(0), 'also with a limit of 0')
     })
 
     t.test('put overwrites', async (t) => {
@@ -277,8 +295,10 @@ interface ProxyHooks {
 
 // Counts the Blob REST calls that go through it, e.g. 'GET', 'PUT lease:acquire', and
 // injects what Azurite cannot be made to do on cue: a slow answer, a race, an error.
-async function countingProxy (t: tap.Test, port: number, hooks: ProxyHooks = {}): Promise<{ endpoint: string, calls: string[] }> {
+async function countingProxy (t: tap.Test, port: number, hooks: ProxyHooks = {}): Promise<{ endpoint: string, calls: string[], received: () => number }> {
   const calls: string[] = []
+  // Response body bytes Azurite sent through the proxy.
+  let received = 0
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://proxy')
     const what = url.searchParams.get('comp') ?? url.searchParams.get('restype') ?? ''
@@ -296,6 +316,8 @@ async function countingProxy (t: tap.Test, port: number, hooks: ProxyHooks = {})
       const upstream = http.request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers }, (up) => {
         setTimeout(() => {
           res.writeHead(up.statusCode ?? 502, up.headers)
+          // Counted as it is piped: a listener added earlier would start the flow before the pipe.
+          up.on('data', (chunk: Buffer) => { received += chunk.length })
           up.pipe(res)
         }, hooks.responseDelay?.(call) ?? 0)
       })
@@ -309,7 +331,7 @@ async function countingProxy (t: tap.Test, port: number, hooks: ProxyHooks = {})
     server.close(() => resolve())
     server.closeAllConnections()
   }))
-  return { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/${azurite.accountName}`, calls }
+  return { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/${azurite.accountName}`, calls, received: () => received }
 }
 
 t.test('AzureBlobStore specifics', async (t) => {
@@ -400,6 +422,30 @@ t.test('AzureBlobStore specifics', async (t) => {
       t.notOk(again.signal.aborted, 'the key can be locked again')
       await again.release()
     })
+  })
+
+  t.test('maxBytes: a blob over the limit is not transferred (one range request), one within it is read whole', async (t) => {
+    const proxy = await countingProxy(t, azurite.port)
+    const store = new AzureBlobStore({ accountName: azurite.accountName, accountKey: azurite.accountKey, endpoint: proxy.endpoint, container: freshContainer() })
+    t.teardown(() => store.close())
+    const size = 8 * 1024 * 1024
+    await store.put('big.example.com', Buffer.alloc(size, 'B'))
+    const measure = async (fn: () => Promise<unknown>): Promise<{ bytes: number, calls: string[], result: unknown }> => {
+      proxy.calls.length = 0
+      const before = proxy.received()
+      const result = await fn().catch((err: unknown) => err)
+      return { bytes: proxy.received() - before, calls: [...proxy.calls], result }
+    }
+    const refused = await measure(() => store.get('big.example.com', { maxBytes: 65536 }))
+    t.match(refused.result, { code: 'FST_AUTOCERT_CORRUPT', message: /8388608 bytes, over the limit of 65536 bytes/ })
+    t.same(refused.calls, ['GET'], 'one request')
+    t.ok(refused.bytes <= 65537, `${refused.bytes} bytes of the blob sent (at most the limit and one)`)
+    const whole = await measure(() => store.get('big.example.com'))
+    t.equal((whole.result as Buffer).length, size, 'without a limit, the whole blob')
+    t.ok(whole.bytes >= size, `${whole.bytes} bytes sent (the proxy counts them)`)
+    const within = await measure(() => store.get('big.example.com', { maxBytes: size }))
+    t.equal((within.result as Buffer).length, size, 'with a limit of its size, the whole blob')
+    t.same(within.calls, ['GET'])
   })
 
   t.test('two instances creating the same lock blob at once', async (t) => {
@@ -694,6 +740,7 @@ t.test('FileStore specifics', async (t) => {
     await store.put('a.example.com', 'x')
     await mkdir(path.join(dir, 'b.example.com'))
     t.match(await rejection(store.get('b.example.com')), { code: 'EISDIR' }, 'get')
+    t.match(await rejection(store.get('b.example.com', { maxBytes: 10 })), { code: 'EISDIR' }, 'get with a limit')
     t.match(await rejection(store.put('b.example.com', 'x')), { code: 'EISDIR' }, 'put')
     t.same((await readdir(dir)).sort(), ['a.example.com', 'b.example.com'], 'the failed put removed its temporary file')
     await rm(dir, { recursive: true })
@@ -862,5 +909,108 @@ t.test('FileStore specifics', async (t) => {
     t.same(await readdir(dir), [], 'the lock file is gone')
     await sleep(50)
     t.same([...timers.values()], [], 'no timer of the store is left')
+  })
+})
+
+t.test('what the plugin reads with: EncryptedStore limits, readBounded, readRecord', async (t) => {
+  // What a sealed value adds: MAGIC, key id, IV and GCM tag.
+  const OVERHEAD = 36
+  const logger = (): Logger & { lines: Array<{ obj: object, msg: string }> } => {
+    const lines: Array<{ obj: object, msg: string }> = []
+    const keep = (obj: object, msg: string): void => { lines.push({ obj, msg }) }
+    return { lines, debug: keep, info: keep, warn: keep, error: keep }
+  }
+
+  t.test('EncryptedStore passes the limit on, enlarged by its sealing overhead', async (t) => {
+    const inner = new MemoryStore()
+    const asked: Array<number | undefined> = []
+    // Records the limit the inner store is asked for; every call reaches the real MemoryStore.
+    const spy: CertStore = {
+      get: (key, options) => { asked.push(options?.maxBytes); return inner.get(key, options) },
+      put: (key, value) => inner.put(key, value),
+      delete: (key) => inner.delete(key),
+      list: (prefix) => inner.list(prefix),
+      lock: (key, signal, options) => inner.lock(key, signal, options)
+    }
+    const store = new EncryptedStore(spy, { key: randomBytes(32) })
+    const value = Buffer.alloc(1000, 'E')
+    await store.put('a.example.com', value)
+    t.equal((await inner.get('a.example.com'))?.length, 1000 + OVERHEAD, 'sealed, 36 bytes longer')
+    t.same(await store.get('a.example.com', { maxBytes: 1000 }), value, 'a value of exactly the limit opens')
+    t.same(asked, [1000 + OVERHEAD], 'the inner store was allowed the overhead on top')
+    t.match(await rejection(store.get('a.example.com', { maxBytes: 999 })), {
+      code: 'FST_AUTOCERT_CORRUPT', message: /1036 bytes, over the limit of 1035 bytes/
+    }, 'one byte more is refused by the inner store, before it is read')
+    t.same(await store.get('a.example.com'), value, 'no limit: no limit passed on')
+    t.equal(asked.at(-1), undefined)
+
+    // Written before encryption was on: plain text, which has no overhead.
+    await inner.put('plain.example.com', Buffer.alloc(1001, 'P'))
+    t.match(await rejection(store.get('plain.example.com', { maxBytes: 1000 })), {
+      code: 'FST_AUTOCERT_CORRUPT', message: /1001 bytes, over the limit of 1000 bytes/
+    }, 'a plain value within the inner limit but over the caller\'s is refused')
+    t.equal((await store.get('plain.example.com', { maxBytes: 1001 }))?.length, 1001)
+
+    t.match(await rejection(store.reseal('plain.example.com', { maxBytes: 1000 })), { code: 'FST_AUTOCERT_CORRUPT' }, 'reseal() reads within the limit too')
+    t.ok((await inner.get('plain.example.com'))?.equals(Buffer.alloc(1001, 'P')), 'and writes nothing then')
+    t.equal(await store.reseal('plain.example.com', { maxBytes: 1001 }), true, 'within it, it reseals')
+    t.equal(asked.at(-1), 1001 + OVERHEAD, 'the inner store read with the overhead on top of the caller\'s limit')
+  })
+
+  t.test('readBounded checks what a store of the user\'s own returns, when it ignores the limit', async (t) => {
+    const inner = new MemoryStore()
+    // The contract as it was: get(key) only. A real implementation of it, not a fake: such stores exist.
+    const older: CertStore = {
+      get: (key) => inner.get(key),
+      put: (key, value) => inner.put(key, value),
+      delete: (key) => inner.delete(key),
+      list: (prefix) => inner.list(prefix),
+      lock: (key, signal, options) => inner.lock(key, signal, options)
+    }
+    await older.put('a.example.com', Buffer.alloc(2000, 'U'))
+    t.equal((await older.get('a.example.com', { maxBytes: 10 }))?.length, 2000, 'the store itself returns it all')
+    t.match(await rejection(readBounded(older, 'a.example.com', 1999)), {
+      code: 'FST_AUTOCERT_CORRUPT', message: /2000 bytes, over the limit of 1999 bytes/
+    }, 'readBounded refuses it')
+    t.equal((await readBounded(older, 'a.example.com', 2000))?.length, 2000)
+    t.equal(await readBounded(older, 'missing.example.com', 10), undefined)
+  })
+
+  t.test('readRecord: unusable records count as none and are logged once, until found usable again', async (t) => {
+    const store = new MemoryStore()
+    const log = logger()
+    const corrupt = new CorruptLog(log, 'ignoring unusable test record')
+    const parse = (data: Buffer): { n: number } | undefined => {
+      const n = Number(data.toString())
+      return Number.isInteger(n) ? { n } : undefined
+    }
+    const read = (): Promise<{ n: number } | undefined> => readRecord(store, 'r+failure', 8, parse, corrupt)
+    t.equal(await read(), undefined, 'missing: none')
+    await store.put('r+failure', '123456789')
+    t.equal(await read(), undefined, 'over the limit: none')
+    t.equal(await read(), undefined)
+    t.equal(log.lines.length, 1, 'logged once')
+    t.match(log.lines[0], { msg: 'ignoring unusable test record', obj: { blob: 'r+failure', error: { code: 'FST_AUTOCERT_CORRUPT', message: /9 bytes, over the limit of 8/ } } })
+    await store.put('r+failure', 'x')
+    t.equal(await read(), undefined, 'refused by parse: none')
+    t.equal(log.lines.length, 1, 'still the same unusable key: not logged again')
+    await store.put('r+failure', '7')
+    t.same(await read(), { n: 7 }, 'usable')
+    await store.put('r+failure', 'y')
+    t.equal(await read(), undefined)
+    t.equal(log.lines.length, 2, 'unusable again after a usable read: logged again')
+    t.match(log.lines[1].obj, { error: { message: /is not a record the plugin writes/ } })
+  })
+
+  t.test('CorruptLog remembers 1,000 keys: the oldest is forgotten first', async (t) => {
+    const log = logger()
+    const corrupt = new CorruptLog(log, 'unusable')
+    for (let i = 0; i <= 1000; i++) corrupt.report(`k${i}`, new Error('x'))
+    corrupt.report('k1000', new Error('x'))
+    t.equal(log.lines.length, 1001, 'each key once')
+    corrupt.report('k0', new Error('x'))
+    t.equal(log.lines.length, 1002, 'the first, forgotten, is logged again')
+    corrupt.report('k2', new Error('x'))
+    t.equal(log.lines.length, 1002, 'a remembered one is not')
   })
 })

@@ -4,7 +4,8 @@ import https from 'node:https'
 import Fastify from 'fastify'
 import autocert, {
   ALPNCallback, AzureBlobStore, createAutocert, FileStore, MemoryStore, SNICallback,
-  type Autocert, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus
+  type Autocert, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus,
+  type GetOptions
 } from '../lib'
 
 export async function surface (): Promise<void> {
@@ -34,6 +35,11 @@ export async function surface (): Promise<void> {
   createAutocert({ domains: [], onDemand: { allow: async () => 'yes' }, store: new MemoryStore(), termsOfServiceAgreed: true })
 
   const store: CertStore = new FileStore('/var/lib/autocert')
+  const bounded: GetOptions = { maxBytes: 65536 }
+  const value: Buffer | undefined = await store.get('example.com', bounded)
+  void value
+  // @ts-expect-error a limit is a number of bytes
+  await store.get('example.com', { maxBytes: '64k' })
   const options: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'rsa', http01: { port: 80 } }
   void options
 

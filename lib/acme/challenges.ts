@@ -1,8 +1,10 @@
 // The challenge contract, and HTTP-01 answers kept in the store.
 import type { Authorization } from 'acme-client'
+import type { Logger } from '../events'
 import { normalizeName } from '../names'
-import { storeKeys } from '../store/keys'
-import type { CertStore } from '../store/store'
+import { CorruptLog } from '../store/corrupt-log'
+import { storeKeys, storeLimits } from '../store/keys'
+import { readRecord, type CertStore } from '../store/store'
 
 /** The challenge types the issuer can complete (options.challenges). */
 export type ChallengeType = 'http-01' | 'tls-alpn-01'
@@ -36,9 +38,12 @@ export class Http01Challenges implements ChallengeSolver {
   readonly #store: CertStore
   // Answers this instance published: served without a store round trip.
   readonly #local = new Map<string, Pending>()
+  // An unusable stored answer is asked for at every request of its token: logged once.
+  readonly #corrupt: CorruptLog
 
-  constructor (store: CertStore) {
+  constructor (store: CertStore, log: Logger) {
     this.#store = store
+    this.#corrupt = new CorruptLog(log, 'ignoring unusable stored HTTP-01 answer')
   }
 
   async publish (authz: Authorization, { token }: { token: string }, keyAuthorization: string): Promise<void> {
@@ -55,18 +60,20 @@ export class Http01Challenges implements ChallengeSolver {
   /**
    * The key authorization for `token` requested with the Host header `host`,
    * or undefined. Malformed tokens and hosts never reach the store; a token
-   * answers only for the name it was issued for (certmagic's rule).
+   * answers only for the name it was issued for (certmagic's rule). An
+   * unusable stored answer (over storeLimits.http01, or not the JSON publish()
+   * writes) is no answer.
    */
   async answer (token: string, host: string | undefined): Promise<string | undefined> {
     const domain = normalizeName((host ?? '').replace(/:\d{1,5}$/, ''))
     if (!TOKEN.test(token) || domain === undefined) return undefined
-    const pending = this.#local.get(token) ?? parse(await this.#store.get(storeKeys.http01(token)))
+    const pending = this.#local.get(token) ??
+      await readRecord(this.#store, storeKeys.http01(token), storeLimits.http01, parse, this.#corrupt)
     return pending?.domain === domain ? pending.keyAuthorization : undefined
   }
 }
 
-function parse (data: Buffer | undefined): Pending | undefined {
-  if (data === undefined) return undefined
+function parse (data: Buffer): Pending | undefined {
   try {
     const pending = JSON.parse(data.toString('utf8')) as Partial<Pending>
     return typeof pending.domain === 'string' && typeof pending.keyAuthorization === 'string'

@@ -3,8 +3,8 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
 import type { FleetLocks } from '../fleet/locks'
 import { sleep, untilAborted } from '../signals'
-import { storeKeys } from '../store/keys'
-import type { CertStore } from '../store/store'
+import { storeKeys, storeLimits } from '../store/keys'
+import { readBounded, type CertStore } from '../store/store'
 import type { ChallengeSolver } from './challenges'
 
 export type KeyType = 'ecdsa' | 'rsa'
@@ -183,7 +183,7 @@ export class Issuer {
    */
   async #register (signal: AbortSignal): Promise<acme.Client> {
     const { store, locks } = this.#opts
-    const stored = await store.get(storeKeys.account)
+    const stored = await readBounded(store, storeKeys.account, storeLimits.account)
     if (stored !== undefined) {
       const client = this.#newClient(stored)
       if (await this.#lookUp(client)) return client
@@ -191,7 +191,7 @@ export class Issuer {
     const onWait = (holder: string | undefined): void => { for (const waiter of this.#accountWaiters) waiter(holder) }
     const lock = await locks.take(storeKeys.account, signal, { onWait })
     try {
-      let accountKey = await store.get(storeKeys.account)
+      let accountKey = await readBounded(store, storeKeys.account, storeLimits.account)
       const created = accountKey === undefined
       accountKey ??= await acme.crypto.createPrivateEcdsaKey('P-256')
       const client = this.#newClient(accountKey)

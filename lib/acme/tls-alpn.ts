@@ -3,8 +3,8 @@ import type { SecureContext, TLSSocket } from 'node:tls'
 import * as acme from 'acme-client'
 import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'
 import { normalizeName } from '../names'
-import { storeKeys } from '../store/keys'
-import type { CertStore } from '../store/store'
+import { storeKeys, storeLimits } from '../store/keys'
+import { readBounded, type CertStore } from '../store/store'
 import type { ChallengeSolver } from './challenges'
 
 /** The ALPN protocol of RFC 8737: the CA validating offers it, alone. */
@@ -96,7 +96,7 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
     if (name === undefined) return undefined
     const local = this.#local.get(name)
     if (local !== undefined) return local
-    const data = await this.#store.get(storeKeys.tlsAlpn01(name))
+    const data = await readBounded(this.#store, storeKeys.tlsAlpn01(name), storeLimits.tlsAlpn01)
     return data === undefined ? undefined : contextOf(name, data)
   }
 }

@@ -1,6 +1,8 @@
 // The fleet's budget of new orders per hour, kept in the store under its own lock.
 import type { Clock } from '../clock'
-import { storeKeys } from '../store/keys'
+import type { Logger } from '../events'
+import { CorruptLog } from '../store/corrupt-log'
+import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore, type Lock } from '../store/store'
 import { LockQueue } from './lock-queue'
 import type { FleetLocks, TakeOptions } from './locks'
@@ -14,6 +16,14 @@ const HOUR = 3_600_000
  */
 export const CLOCK_TOLERANCE = 5 * 60_000
 
+/**
+ * Orders the log can hold within storeLimits.orderLog (14 bytes each: 13 digits
+ * and a comma, plus the brackets): 4,681. A larger log would be read as unusable,
+ * that is as no orders at all, so the fleet's budget is at most this whatever
+ * maxOrdersPerHour says.
+ */
+export const ORDER_LOG_CAPACITY = Math.floor((storeLimits.orderLog - 1) / 14)
+
 export interface OrderBudgetOptions {
   store: CertStore
   /** New orders the whole fleet may place in any hour. */
@@ -23,6 +33,8 @@ export interface OrderBudgetOptions {
   clock: Clock
   /** Ends waits for the budget's lock (the manager is closing). */
   closing: AbortSignal
+  /** Where an unusable log is reported (once). */
+  log: Logger
 }
 
 /**
@@ -35,9 +47,11 @@ export class OrderBudget {
   readonly #opts: OrderBudgetOptions
   // Polling the store for the budget's lock spaced a start-up's first orders a second apart.
   readonly #queue = new LockQueue()
+  readonly #corrupt: CorruptLog
 
   constructor (opts: OrderBudgetOptions) {
     this.#opts = opts
+    this.#corrupt = new CorruptLog(opts.log, 'ignoring unusable order log')
   }
 
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
@@ -50,7 +64,9 @@ export class OrderBudget {
     const lock = await locks.take(storeKeys.orderLog, closing, { queue: this.#queue, onWait })
     try {
       const now = clock.now()
-      const recent = parseOrderLog(await readRecord(store, storeKeys.orderLog))
+      // Unusable, it counts as empty and is rewritten at the next order.
+      const log = await readRecord(store, storeKeys.orderLog, storeLimits.orderLog, parseOrderLog, this.#corrupt) ?? []
+      const recent = log
         .filter((at) => at > now - HOUR && at <= now + CLOCK_TOLERANCE)
         .sort((a, b) => a - b)
       return { lock, recent }
@@ -86,10 +102,11 @@ export class BudgetClaim {
    */
   async spend (): Promise<{ spent: true } | { spent: false, retryAt: number }> {
     const { lock, recent } = await this.#opened
-    const { store, maxOrdersPerHour, clock } = this.#opts
+    const { store, clock } = this.#opts
+    const budget = Math.min(this.#opts.maxOrdersPerHour, ORDER_LOG_CAPACITY)
     try {
       // The next order may go once enough of the hour's orders have left it to be under the budget.
-      if (recent.length >= maxOrdersPerHour) return { spent: false, retryAt: recent[recent.length - maxOrdersPerHour] + HOUR }
+      if (recent.length >= budget) return { spent: false, retryAt: recent[recent.length - budget] + HOUR }
       lock.signal.throwIfAborted()
       await store.put(storeKeys.orderLog, JSON.stringify([...recent, clock.now()].sort((a, b) => a - b)))
       return { spent: true }
@@ -104,11 +121,12 @@ export class BudgetClaim {
   }
 }
 
-function parseOrderLog (data: Buffer | undefined): number[] {
+// The log's numbers; undefined when it is no JSON array at all (unusable).
+function parseOrderLog (data: Buffer): number[] | undefined {
   try {
-    const log: unknown = JSON.parse(data?.toString('utf8') ?? '[]')
-    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)) : []
+    const log: unknown = JSON.parse(data.toString('utf8'))
+    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)) : undefined
   } catch {
-    return []
+    return undefined
   }
 }

@@ -1,10 +1,15 @@
 // The fleet's failure records: the backoff every instance follows.
 import type { Clock } from '../clock'
-import { CLOCK_TOLERANCE } from './budget'
-import { errorMessage } from '../events'
+import { errorMessage, type Logger } from '../events'
 import { DEFAULT_RETRY_DELAYS, retryDelay } from '../renewal'
-import { storeKeys } from '../store/keys'
+import { CorruptLog } from '../store/corrupt-log'
+import { storeKeys, storeLimits } from '../store/keys'
+import { CLOCK_TOLERANCE } from './budget'
 import { readRecord, type CertStore } from '../store/store'
+
+// A record's error message is cut to this many characters: even as JSON escapes
+// (6 bytes each at most) the record stays well under storeLimits.failure.
+const ERROR_CHARS = 2000
 
 /** A failed order, shared by the fleet through the store under `<certificate key>+failure`. */
 export interface FailureRecord {
@@ -26,26 +31,31 @@ export class FailureRecords {
   readonly #store: CertStore
   readonly #delays: readonly number[] | undefined
   readonly #clock: Clock
+  readonly #corrupt: CorruptLog
 
-  constructor (store: CertStore, retryDelays: readonly number[] | undefined, clock: Clock) {
+  constructor (store: CertStore, retryDelays: readonly number[] | undefined, clock: Clock, log: Logger) {
     this.#store = store
     this.#delays = retryDelays
     this.#clock = clock
+    this.#corrupt = new CorruptLog(log, 'ignoring unusable failure record')
   }
 
   /**
-   * The record of `certificateKey`; unreadable data counts as none, a store
-   * failure rejects. So does an implausible record, one that no instance of
-   * this fleet could have written: failed in the future (beyond
-   * CLOCK_TOLERANCE), or a retry further away than the longest backoff step.
-   * A record planted to stop a name's orders for a year is ignored, and
-   * replaced at the next failure.
+   * The record of `certificateKey`; unusable data counts as none and is
+   * rewritten at the next failure, a store failure rejects. Unusable: over
+   * storeLimits.failure, not a record, or one that no instance of this fleet
+   * could have written: failed in the future (beyond CLOCK_TOLERANCE), or a
+   * retry further away than the longest backoff step. A record planted to stop
+   * a name's orders for a year is ignored.
    */
   async read (certificateKey: string): Promise<FailureRecord | undefined> {
-    const record = parse(await readRecord(this.#store, storeKeys.failure(certificateKey)))
     const now = this.#clock.now()
-    const longest = Math.max(...(this.#delays ?? DEFAULT_RETRY_DELAYS))
-    return record !== undefined && record.at <= now + CLOCK_TOLERANCE && record.retryAt <= now + longest + CLOCK_TOLERANCE ? record : undefined
+    const latest = now + Math.max(...(this.#delays ?? DEFAULT_RETRY_DELAYS)) + CLOCK_TOLERANCE
+    const plausible = (data: Buffer): FailureRecord | undefined => {
+      const record = parse(data)
+      return record !== undefined && record.at <= now + CLOCK_TOLERANCE && record.retryAt <= latest ? record : undefined
+    }
+    return await readRecord(this.#store, storeKeys.failure(certificateKey), storeLimits.failure, plausible, this.#corrupt)
   }
 
   /**
@@ -58,7 +68,7 @@ export class FailureRecords {
     const previous = await this.read(certificateKey).catch(() => undefined)
     const failures = (previous?.failures ?? 0) + 1
     const at = this.#clock.now()
-    const record: FailureRecord = { failures, error: errorMessage(err), at, retryAt: at + retryDelay(failures, this.#delays) }
+    const record: FailureRecord = { failures, error: errorMessage(err).slice(0, ERROR_CHARS), at, retryAt: at + retryDelay(failures, this.#delays) }
     if (!lockSignal.aborted) await this.#store.put(storeKeys.failure(certificateKey), JSON.stringify(record)).catch(() => {})
     return record
   }
@@ -69,8 +79,7 @@ export class FailureRecords {
   }
 }
 
-function parse (data: Buffer | undefined): FailureRecord | undefined {
-  if (data === undefined) return undefined
+function parse (data: Buffer): FailureRecord | undefined {
   try {
     const record = JSON.parse(data.toString('utf8')) as FailureRecord
     return Number.isFinite(record.retryAt) && Number.isFinite(record.at) && Number.isInteger(record.failures) && typeof record.error === 'string' ? record : undefined

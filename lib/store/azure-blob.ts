@@ -14,7 +14,7 @@ import { linkSignals, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
 import { pollLock } from './poll-lock'
-import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
 
 /**
  * `@azure/core-auth`'s `TokenCredential` (what `@azure/identity` credentials
@@ -119,19 +119,32 @@ export class AzureBlobStore implements CertStore {
     this.#timeoutMs = o.timeoutMs
   }
 
-  async get (key: string): Promise<Buffer | undefined> {
+  async get (key: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const { maxBytes } = options
     const blob = this.#client.getBlobClient(this.#prefix + checkKey(key))
     await this.#container()
     try {
       return await this.#call(async (abortSignal) => {
-        const res = await blob.download(0, undefined, { abortSignal })
-        const chunks: Buffer[] = []
+        // With a limit, a range request: the service sends at most one byte more
+        // than allowed whatever the blob's size, and reports that size.
+        const res = await blob.download(0, maxBytes === undefined ? undefined : maxBytes + 1, { abortSignal })
         // Always set in Node (browsers get blobBody instead).
-        for await (const chunk of res.readableStreamBody!) chunks.push(chunk as Buffer)
+        const body = res.readableStreamBody!
+        const size = totalSize(res.contentRange) ?? res.contentLength ?? 0
+        if (maxBytes !== undefined && size > maxBytes) {
+          // Not read: closing the connection is cheaper, whether or not the service honoured the range.
+          body.on('error', () => {})
+          body.destroy()
+          throw oversized(key, size, maxBytes)
+        }
+        const chunks: Buffer[] = []
+        for await (const chunk of body) chunks.push(chunk as Buffer)
         return Buffer.concat(chunks)
       })
     } catch (err) {
       if (isStorageError(err, 404, 'BlobNotFound')) return undefined
+      // A range starting at 0 is refused only when the blob is empty.
+      if (maxBytes !== undefined && isStorageError(err, 416, 'InvalidRange')) return Buffer.alloc(0)
       throw err
     }
   }
@@ -388,6 +401,12 @@ function namedCredential (credential: TokenCredential): TokenCredential {
       return token
     }
   }
+}
+
+// The blob's size from a range answer's Content-Range (`bytes 0-65536/209715200`); undefined for a whole-blob answer.
+function totalSize (contentRange: string | undefined): number | undefined {
+  const total = contentRange === undefined ? undefined : /\/(\d+)$/.exec(contentRange)?.[1]
+  return total === undefined ? undefined : Number(total)
 }
 
 function isStorageError (err: unknown, statusCode: number, code?: string): boolean {

@@ -1,7 +1,7 @@
 // Every store failure as FST_AUTOCERT_STORE_FAILED, whichever store raised it.
 import { FST_AUTOCERT_STORE_FAILED } from '../errors'
 import { errorCode, errorMessage } from '../events'
-import type { CertStore, Lock, LockOptions } from './store'
+import type { CertStore, GetOptions, Lock, LockOptions } from './store'
 
 /**
  * Wraps the store the plugin uses, so that whatever fails in it (an Azure
@@ -18,8 +18,8 @@ export class CodedStore implements CertStore {
     this.#inner = inner
   }
 
-  get (key: string): Promise<Buffer | undefined> {
-    return coded(this.#inner.get(key), `read ${key}`)
+  get (key: string, options?: GetOptions): Promise<Buffer | undefined> {
+    return coded(this.#inner.get(key, options), `read ${key}`)
   }
 
   put (key: string, value: Buffer | string): Promise<void> {

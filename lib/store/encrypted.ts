@@ -1,7 +1,7 @@
 // A store wrapper that seals every value with AES-256-GCM.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
 import { FST_AUTOCERT_CORRUPT } from '../errors'
-import type { CertStore, Lock, LockOptions } from './store'
+import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
 
 /*
  * Sealed value layout: MAGIC (4) | key id (4) | IV (12) | GCM tag (16) | ciphertext.
@@ -38,33 +38,30 @@ export class EncryptedStore implements CertStore {
     this.#keys = new Map(keys.map((k) => [keyId(k).toString('hex'), k]))
   }
 
-  async get (key: string): Promise<Buffer | undefined> {
-    const value = await this.#inner.get(key)
-    if (value === undefined || !value.subarray(0, MAGIC.length).equals(MAGIC)) return value
-    const secret = this.#keys.get(value.subarray(4, 8).toString('hex'))
-    if (secret === undefined || value.length < HEADER) throw new FST_AUTOCERT_CORRUPT(key, 'sealed with a key that is not configured')
-    try {
-      const decipher = createDecipheriv('aes-256-gcm', secret, value.subarray(8, 20))
-      decipher.setAAD(Buffer.from(key))
-      decipher.setAuthTag(value.subarray(20, HEADER))
-      return Buffer.concat([decipher.update(value.subarray(HEADER)), decipher.final()])
-    } catch {
-      throw new FST_AUTOCERT_CORRUPT(key, 'it does not decrypt (tampered with, or moved from another key)')
-    }
+  /** `options.maxBytes` limits the value as read back: the inner store is allowed the sealing's overhead on top. */
+  async get (key: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const { maxBytes } = options
+    const value = await this.#inner.get(key, sealedLimit(options))
+    if (value === undefined) return undefined
+    // Plain text (written before encryption was on) has no overhead; a store of the user's own may ignore the limit.
+    const plain = this.#open(key, value)
+    if (maxBytes !== undefined && plain.length > maxBytes) throw oversized(key, plain.length, maxBytes)
+    return plain
   }
 
   /**
    * Seals `key` again with the current key when it is stored in plain text or
    * under a previous key, under the key's lock. Values the plugin rewrites anyway
    * (certificates, at renewal) need not be resealed; the account key is never
-   * rewritten, so the plugin reseals it at start-up. Returns whether it wrote.
+   * rewritten, so the plugin reseals it at start-up. `options` as for get().
+   * Returns whether it wrote.
    */
-  async reseal (key: string): Promise<boolean> {
-    const raw = await this.#inner.get(key)
+  async reseal (key: string, options: GetOptions = {}): Promise<boolean> {
+    const raw = await this.#inner.get(key, sealedLimit(options))
     if (raw === undefined || raw.subarray(0, 8).equals(Buffer.concat([MAGIC, this.#current.id]))) return false
     const lock = await this.#inner.lock(key)
     try {
-      const value = await this.get(key)
+      const value = await this.get(key, options)
       if (value === undefined) return false
       lock.signal.throwIfAborted()
       await this.put(key, value)
@@ -82,6 +79,21 @@ export class EncryptedStore implements CertStore {
     await this.#inner.put(key, Buffer.concat([MAGIC, this.#current.id, iv, cipher.getAuthTag(), sealed]))
   }
 
+  // The value as written: opened when sealed, as it is when in plain text.
+  #open (key: string, value: Buffer): Buffer {
+    if (!value.subarray(0, MAGIC.length).equals(MAGIC)) return value
+    const secret = this.#keys.get(value.subarray(4, 8).toString('hex'))
+    if (secret === undefined || value.length < HEADER) throw new FST_AUTOCERT_CORRUPT(key, 'sealed with a key that is not configured')
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', secret, value.subarray(8, 20))
+      decipher.setAAD(Buffer.from(key))
+      decipher.setAuthTag(value.subarray(20, HEADER))
+      return Buffer.concat([decipher.update(value.subarray(HEADER)), decipher.final()])
+    } catch {
+      throw new FST_AUTOCERT_CORRUPT(key, 'it does not decrypt (tampered with, or moved from another key)')
+    }
+  }
+
   delete (key: string): Promise<void> {
     return this.#inner.delete(key)
   }
@@ -97,6 +109,11 @@ export class EncryptedStore implements CertStore {
   async close (): Promise<void> {
     await this.#inner.close?.()
   }
+}
+
+// What the inner store may hold for a value of `maxBytes`: GCM adds no padding, only the header.
+function sealedLimit ({ maxBytes }: GetOptions): GetOptions | undefined {
+  return maxBytes === undefined ? undefined : { maxBytes: maxBytes + HEADER }
 }
 
 function toKey (value: Buffer | string): Buffer {

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
 import { pollLock } from './poll-lock'
-import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
 const STALE_MS = 10_000
@@ -38,11 +38,11 @@ export class FileStore implements CertStore {
     this.#dir = path.resolve(dir)
   }
 
-  async get (key: string): Promise<Buffer | undefined> {
+  async get (key: string, options: GetOptions = {}): Promise<Buffer | undefined> {
     const file = this.#path(key)
     await this.#mkdir()
     try {
-      return await readFile(file)
+      return options.maxBytes === undefined ? await readFile(file) : await readAtMost(file, key, options.maxBytes)
     } catch (err) {
       if (isCode(err, 'ENOENT')) return undefined
       throw err
@@ -170,6 +170,29 @@ export class FileStore implements CertStore {
       await rm(aside, { force: true })
     }
     return true
+  }
+}
+
+// The size comes from the open file (fstat), so a value over the limit is never
+// read; what is read is at most that size (writes replace the file by rename,
+// so an open file does not change).
+async function readAtMost (file: string, key: string, maxBytes: number): Promise<Buffer> {
+  const handle = await open(file, 'r')
+  try {
+    const stats = await handle.stat()
+    // Not a file (a directory, say): the read below fails as readFile() would.
+    if (stats.isFile() && stats.size > maxBytes) throw oversized(key, stats.size, maxBytes)
+    const buffer = Buffer.alloc(stats.size)
+    let length = 0
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length)
+      // Truncated in place meanwhile (by another writer: this store renames).
+      if (bytesRead === 0) break
+      length += bytesRead
+    }
+    return buffer.subarray(0, length)
+  } finally {
+    await handle.close()
   }
 }
 

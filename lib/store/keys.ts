@@ -27,6 +27,34 @@ export const storeKeys = {
 } as const
 
 /**
+ * The largest value, in bytes, the plugin reads under each kind of key: each is
+ * many times what the plugin writes there. A larger value is corrupt
+ * (FST_AUTOCERT_CORRUPT): the built-in stores refuse it before its body is
+ * transferred (CertStore.get's `maxBytes`) and every reader checks the length of
+ * what it got (readBounded), so a huge blob under a key costs a small read, not
+ * its size in memory, at start-up or at every request.
+ */
+export const storeLimits = {
+  /** A certificate bundle (PEM key and chain), `<name>` or `<name>+rsa`: 64 KiB. An RSA-2048 key and a three-certificate chain take about 7 KiB. */
+  certificate: 64 * 1024,
+  /** A failure record (JSON): 16 KiB. It takes about 100 bytes plus its error message, which is cut to 2,000 characters when written. */
+  failure: 16 * 1024,
+  /** A pending HTTP-01 answer (JSON): 4 KiB. A domain of at most 253 characters and a key authorization of at most 172 take under 500 bytes. */
+  http01: 4 * 1024,
+  /** A pending TLS-ALPN-01 challenge (PEM bundle), as a certificate: 64 KiB. A P-256 key and its one certificate take about 1 KiB. */
+  tlsAlpn01: 64 * 1024,
+  /**
+   * The order log (JSON array of times in ms): 64 KiB, room for 4,681 entries of
+   * 14 bytes (13 digits and a comma). It holds the orders of the last hour only,
+   * at most maxOrdersPerHour of them, and a log that would outgrow this limit
+   * counts as a spent budget (ORDER_LOG_CAPACITY).
+   */
+  orderLog: 64 * 1024,
+  /** The ACME account key (PEM): 16 KiB. A P-256 key takes about 240 bytes, an RSA-4096 key about 3.3 KiB. */
+  account: 16 * 1024
+} as const
+
+/**
  * Where the built-in stores keep the lock named `key`: Azure, a blob leased
  * under `locks/` (no key holds a '/', so no key names a lock blob); files,
  * `.<key>.lock` (no key starts with '.').

@@ -1,6 +1,6 @@
 // The in-process store, for tests.
 import { untilAborted } from '../signals'
-import { checkKey, type CertStore, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
 
 /**
  * A store in process memory: for tests and single-process experiments. It keeps
@@ -14,9 +14,11 @@ export class MemoryStore implements CertStore {
   readonly #pending = new Map<string, number>()
   readonly #holders = new Map<string, { holder?: string }>()
 
-  async get (key: string): Promise<Buffer | undefined> {
+  async get (key: string, options: GetOptions = {}): Promise<Buffer | undefined> {
     const value = this.#data.get(checkKey(key))
-    return value === undefined ? undefined : Buffer.from(value)
+    if (value === undefined) return undefined
+    if (options.maxBytes !== undefined && value.length > options.maxBytes) throw oversized(key, value.length, options.maxBytes)
+    return Buffer.from(value)
   }
 
   async put (key: string, value: Buffer | string): Promise<void> {

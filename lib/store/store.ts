@@ -1,4 +1,7 @@
 // The storage contract every store implements, the lock included.
+import { FST_AUTOCERT_CORRUPT } from '../errors'
+import type { CorruptLog } from './corrupt-log'
+
 /**
  * The storage contract. Every instance of a cluster points at the same store:
  * it holds certificates, the ACME account key, pending HTTP-01 answers, failure
@@ -10,8 +13,13 @@
  * container written by autocert + azcertcache can be read by this plugin.
  */
 export interface CertStore {
-  /** The stored bytes, or `undefined` when the key does not exist. Any other failure throws: an outage is never a miss. */
-  get (key: string): Promise<Buffer | undefined>
+  /**
+   * The stored bytes, or `undefined` when the key does not exist. Any other
+   * failure throws: an outage is never a miss. A value larger than
+   * `options.maxBytes` is not transferred: it rejects with FST_AUTOCERT_CORRUPT
+   * (see GetOptions).
+   */
+  get (key: string, options?: GetOptions): Promise<Buffer | undefined>
   /** Writes the whole value in one call, replacing what was there. */
   put (key: string, value: Buffer | string): Promise<void>
   /** Removes the key; removing a missing key is not an error. */
@@ -26,6 +34,21 @@ export interface CertStore {
   lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock>
   /** Frees what the store owns (timers, clients). Locks still held are released. */
   close? (): Promise<void>
+}
+
+/** How a value is read. */
+export interface GetOptions {
+  /**
+   * The largest value the caller accepts, in bytes (the plugin passes its
+   * storeLimits). A larger value is never transferred whole: the store learns
+   * its size before reading its body (Azure: a range request of `maxBytes + 1`
+   * bytes and the size the answer reports; files: fstat of the open file) and
+   * rejects with FST_AUTOCERT_CORRUPT, whose message gives the size and the
+   * limit, never the data. A store of your own may ignore it: the plugin checks
+   * the length of what it gets (readBounded), but the transfer and the memory
+   * are then the store's.
+   */
+  maxBytes?: number
 }
 
 /** What a lock records and reports, for operators (status() and the `lock-wait` event). A store may ignore it. */
@@ -70,14 +93,45 @@ export function isCertStore (value: unknown): value is CertStore {
     STORE_METHODS.every((m) => typeof (value as Record<string, unknown>)[m] === 'function')
 }
 
-/** Reads a record the plugin rewrites as a whole (failure records, the order log): unreadable (corrupt) data counts as none, a store failure throws. */
-export async function readRecord (store: CertStore, key: string): Promise<Buffer | undefined> {
+/** The error of a value over its kind's limit (GetOptions.maxBytes): the size and the limit, never the data. */
+export function oversized (key: string, size: number, maxBytes: number): Error {
+  return new FST_AUTOCERT_CORRUPT(key, `${size} bytes, over the limit of ${maxBytes} bytes for this kind of value`)
+}
+
+/**
+ * Reads `key` as every reader of the plugin does: the store is asked not to
+ * transfer more than `maxBytes` (its kind's storeLimits), and the length of
+ * what comes back is checked, since a store of the user's own may ignore that.
+ * Over the limit: FST_AUTOCERT_CORRUPT.
+ */
+export async function readBounded (store: CertStore, key: string, maxBytes: number): Promise<Buffer | undefined> {
+  const value = await store.get(key, { maxBytes })
+  if (value !== undefined && value.length > maxBytes) throw oversized(key, value.length, maxBytes)
+  return value
+}
+
+/**
+ * Reads a record the plugin writes as a whole (a failure record, the order log,
+ * an HTTP-01 answer), bounded by `maxBytes`. Unusable data (over the limit, not
+ * opening, or refused by `parse`, which returns undefined for it) counts as none
+ * and is reported to `corrupt`, which logs it once; a store failure throws.
+ */
+export async function readRecord<T> (
+  store: CertStore, key: string, maxBytes: number, parse: (data: Buffer) => T | undefined, corrupt: CorruptLog
+): Promise<T | undefined> {
+  let record: T | undefined
   try {
-    return await store.get(key)
+    const data = await readBounded(store, key, maxBytes)
+    if (data === undefined) return undefined
+    record = parse(data)
+    if (record === undefined) throw new FST_AUTOCERT_CORRUPT(key, 'it is not a record the plugin writes')
   } catch (err) {
-    if (isCorrupt(err)) return undefined
-    throw err
+    if (!isCorrupt(err)) throw err
+    corrupt.report(key, err)
+    return undefined
   }
+  corrupt.usable(key)
+  return record
 }
 
 /** True for FST_AUTOCERT_CORRUPT: stored data that is unusable (never served, replaced by the next write). */

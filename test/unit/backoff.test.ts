@@ -1,6 +1,7 @@
 // Unit tier: the failure backoff and the order budget, on a manual clock (see test/helpers/unit.ts).
 import t from 'tap'
-import { storeKeys } from '../../lib/store/keys'
+import { ORDER_LOG_CAPACITY } from '../../lib/fleet/budget'
+import { storeKeys, storeLimits } from '../../lib/store/keys'
 import { unitManager } from '../helpers/unit'
 
 const MIN = 60_000
@@ -169,4 +170,38 @@ t.test('a log with more entries than the budget (it was lowered, or unsorted) gi
   t.same(manager.status()[0].retryAfter, new Date(t0 + 30 * MIN), 'once two of the three have left the hour: the one of -30 min, at +30 min')
   await clock.advance(30 * MIN)
   t.equal(issuer.calls.length, 1, 'ordered then, not refused again at -50 min + 1 h')
+})
+
+t.test('the order log stays within its store limit: a full log is a spent budget, whatever maxOrdersPerHour says', async (t) => {
+  const { manager, clock, issuer, store, log } = unitManager({ domains: [A], maxOrdersPerHour: 10_000 })
+  t.teardown(() => manager.close())
+  const t0 = clock.now()
+  const full = Array.from({ length: ORDER_LOG_CAPACITY }, (_, i) => t0 - 30 * MIN + i)
+  t.ok(JSON.stringify(full).length <= storeLimits.orderLog, `${ORDER_LOG_CAPACITY} entries fit in ${storeLimits.orderLog} bytes`)
+  t.ok(JSON.stringify([...full, t0]).length > storeLimits.orderLog, 'one more does not')
+  await store.put(storeKeys.orderLog, JSON.stringify(full))
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 0, 'no order: the log cannot take one more')
+  await t.rejects(manager.certificate(A), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  t.same(manager.status()[0].retryAfter, new Date(full[0] + HOUR), 'the next slot is when the oldest entry leaves the hour')
+  t.notOk(log.lines.some((l) => l.msg === 'ignoring unusable order log'), 'the log was read, not found unusable')
+  await clock.advance(30 * MIN)
+  t.equal(issuer.calls.length, 1, 'then ordered')
+  t.ok((await store.get(storeKeys.orderLog))!.length <= storeLimits.orderLog, 'and the log written stays within the limit')
+})
+
+t.test('a failure record stays within its store limit: a long error message is cut', async (t) => {
+  const { manager, clock, issuer, store, log } = unitManager({ domains: [A] })
+  t.teardown(() => manager.close())
+  // Control characters: each takes 6 bytes as a JSON escape, the worst case.
+  issuer.failWith = new Error('\u0001'.repeat(100_000))
+  manager.start()
+  await clock.advance(0)
+  const stored = (await store.get(storeKeys.failure(A)))!
+  t.ok(stored.length <= storeLimits.failure, `the record takes ${stored.length} bytes`)
+  t.equal(JSON.parse(String(stored)).error.length, 2000, 'its message cut to 2,000 characters')
+  await clock.advance(MIN)
+  t.equal(issuer.calls.length, 2, 'the next attempt follows the record: 1 minute later')
+  t.notOk(log.lines.some((l) => l.msg === 'ignoring unusable failure record'), 'which was read back, not found unusable')
 })
