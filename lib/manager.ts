@@ -441,7 +441,12 @@ export class CertificateManager {
       try {
         // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
         const { key, chain } = await untilAborted(issuer.issue(name, slot.type, AbortSignal.any([closing, lock.signal])), closing)
-        issued = decodeBundle(name, slot.key, encodeBundle({ key, chain }))
+        const bundle = encodeBundle({ key, chain })
+        // What could not be read back (storeLimits) is not stored: a chain that long is the CA's failure.
+        if (Buffer.byteLength(bundle) > storeLimits.certificate) {
+          throw new Error(`the CA's chain makes a bundle of ${Buffer.byteLength(bundle)} bytes, over the ${storeLimits.certificate} a stored certificate may have`)
+        }
+        issued = decodeBundle(name, slot.key, bundle)
       } catch (err) {
         if (closing.aborted) throw closing.reason
         await this.#recordFailure(slot, err, lock.signal)

@@ -97,6 +97,20 @@ t.test('an implausible failure record (a retry a year away, a failure in the fut
   t.equal(custom.issuer.calls.length, 0, 'a retry within the longest of retryDelays is honoured')
 })
 
+t.test('a chain too long to be read back from the store is a failed order, never stored', async (t) => {
+  const { manager, issuer, store } = unitManager({ domains: [A] })
+  t.teardown(() => manager.close())
+  const issue = issuer.issue.bind(issuer)
+  // 200 copies of the CA certificate after the leaf: valid PEM, over the 64 KiB a certificate bundle may have.
+  issuer.issue = async (...args) => {
+    const { key, chain } = await issue(...args)
+    return { key, chain: chain + issuer.ca.cert.repeat(200) }
+  }
+  await t.rejects(manager.certificate(A), { code: 'FST_AUTOCERT_ORDER_FAILED', message: /bundle of \d+ bytes, over the 65536/ })
+  t.equal(await store.get(A), undefined, 'nothing stored under the name')
+  t.match(JSON.parse(String(await store.get(storeKeys.failure(A)))), { failures: 1 }, 'and the failure is the fleet\'s backoff')
+})
+
 t.test('the fleet\'s order budget: orders past maxOrdersPerHour wait for the next slot and are refused with FST_AUTOCERT_RATE_LIMITED', async (t) => {
   const names = ['a.example.test', 'b.example.test', 'c.example.test', 'd.example.test']
   const { manager, clock, issuer, store, log } = unitManager({ domains: names, maxOrdersPerHour: 2 })
