@@ -15,7 +15,7 @@ import { OrderBudget, type BudgetClaim } from './fleet/budget'
 import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
 import { normalizeName } from './names'
-import { OnDemandPolicy, RefusalLog } from './on-demand'
+import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
@@ -484,7 +484,8 @@ export class CertificateManager {
     const hold = { until: retryAt, reason: 'budget' } as const
     slot.lastError = { message: this.#refusalOf(slot, hold).message, at: this.#clock.now() }
     this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), maxOrdersPerHour: this.#opts.maxOrdersPerHour }, 'order budget used up: order postponed')
-    throw this.#hold(slot, retryAt, 'budget')
+    // On-demand names come in floods: each retries at its own time after the slot (listed ones, a known few, at the slot).
+    throw this.#hold(slot, retryAt, 'budget', slot.site.onDemand ? budgetRetryTime(retryAt) : retryAt)
   }
 
   async #recordFailure (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<void> {
@@ -538,13 +539,14 @@ export class CertificateManager {
 
   /**
    * No order before `until` (the shared failure backoff, or the order budget); a
-   * retry is scheduled for then. Returns the refusal callers get meanwhile, made
-   * from this hold (not from the clock, which listeners of `backoff` may outlast).
+   * retry is scheduled for `retryAt` (`until` unless given). Returns the refusal
+   * callers get meanwhile, made from this hold (not from the clock, which
+   * listeners of `backoff` may outlast).
    */
-  #hold (slot: Slot, until: number, reason: BackoffReason): Error {
+  #hold (slot: Slot, until: number, reason: BackoffReason, retryAt = until): Error {
     const hold = slot.hold = { until, reason }
-    this.#schedule(slot, until)
-    this.events.tell('backoff', { domain: slot.name, retryAt: new Date(until), reason })
+    this.#schedule(slot, retryAt)
+    this.events.tell('backoff', { domain: slot.name, retryAt: new Date(retryAt), reason })
     return this.#refusalOf(slot, hold)
   }
 
