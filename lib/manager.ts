@@ -61,6 +61,12 @@ interface Site {
   contexts?: SecureContext[]
   /** The first expiry among the certificates in `contexts` (ms). */
   expires?: number
+  /**
+   * On demand: false from a hold (a refusal) until someone asks for the name
+   * again. A name still unasked when its retry comes, and without a certificate,
+   * is forgotten instead of retried.
+   */
+  asked?: boolean
 }
 
 /** How long an order's caller waits: until the certificate is in memory (a handshake), or also stored. */
@@ -215,7 +221,10 @@ export class CertificateManager {
     const name = this.#sites.has(servername) ? servername : normalizeName(servername)
     const known = name === undefined ? undefined : this.#sites.get(name)
     if (known !== undefined) {
-      if (known.onDemand) this.#onDemand?.touch(known.name, known)
+      if (known.onDemand) {
+        this.#onDemand?.touch(known.name, known)
+        known.asked = true
+      }
       return known
     }
     // A name that fails normalisation never reaches allow().
@@ -545,6 +554,7 @@ export class CertificateManager {
    */
   #hold (slot: Slot, until: number, reason: BackoffReason, retryAt = until): Error {
     const hold = slot.hold = { until, reason }
+    if (slot.site.onDemand) slot.site.asked = false
     this.#schedule(slot, retryAt)
     this.events.tell('backoff', { domain: slot.name, retryAt: new Date(retryAt), reason })
     return this.#refusalOf(slot, hold)
@@ -566,8 +576,18 @@ export class CertificateManager {
     }, Math.max(0, at - this.#clock.now()))
   }
 
-  /** A renewal (or retry) a timer asked for. An on-demand name is renewed only while allow() still says yes. */
+  /**
+   * A renewal (or retry) a timer asked for. An on-demand name is renewed only
+   * while allow() still says yes; one refused and not asked for since, with no
+   * certificate, is forgotten (no allow() call, no order): its next handshake starts over.
+   */
   async #renewal (slot: Slot): Promise<void> {
+    const { site } = slot
+    if (site.onDemand && site.asked === false && site.slots.every((s) => s.cert === undefined && s.ordering === undefined && s.loading === undefined)) {
+      this.#opts.log.debug({ domain: site.name }, 'on-demand name not asked for since it was refused: forgotten')
+      this.#drop(site)
+      return
+    }
     if (slot.site.onDemand && !(await (this.#onDemand as OnDemandPolicy<Site>).decide(slot.name, { fresh: true }))) {
       this.#opts.log.info({ domain: slot.name }, 'on-demand name no longer allowed: not renewed')
       this.#drop(slot.site)

@@ -1,6 +1,7 @@
 // Unit tier: on-demand names (allow() answers, their TTLs, the LRU) and refusals, on a manual clock (see test/helpers/unit.ts).
 import t from 'tap'
 import { ALLOWED_TTL, BUDGET_RETRY_SPREAD, DENIED_TTL } from '../../lib/on-demand'
+import { storeKeys } from '../../lib/store/keys'
 import { unitManager } from '../helpers/unit'
 
 const MIN = 60_000
@@ -129,6 +130,44 @@ t.test('on-demand names refused for the budget retry each at its own time, after
   t.ok(times.every((at) => at >= slot && at < slot + BUDGET_RETRY_SPREAD), 'none before the slot, none later than BUDGET_RETRY_SPREAD after it')
   t.equal(issuer.calls.length, 2, 'the first retry took the slot the hour freed')
   t.ok(issuer.calls[1].at === Math.min(...times), 'and it was the earliest')
+})
+
+t.test('a refused on-demand name nobody asks for again is forgotten when its hold ends; one asked for again is retried', async (t) => {
+  const asked: string[] = []
+  const { manager, clock, issuer, log } = unitManager({ domains: [], maxOrdersPerHour: 1, onDemand: onDemand((name) => { asked.push(name); return true }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  await manager.certificate('first.example.test')
+  await t.rejects(manager.certificate('idle.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  await t.rejects(manager.certificate('wanted.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  await clock.advance(30 * MIN)
+  await t.rejects(manager.certificate('wanted.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' }, 'wanted is asked for again')
+  asked.length = 0
+  await clock.advance(30 * MIN + BUDGET_RETRY_SPREAD)
+  t.same(asked, ['wanted.example.test'], 'allow() asked again for the wanted name only')
+  t.same(issuer.names, ['first.example.test', 'wanted.example.test'], 'wanted ordered; idle not')
+  t.same(manager.status().map((s) => s.domain).sort(), ['first.example.test', 'wanted.example.test'], 'idle is no longer in memory')
+  t.equal(clock.pending, 2, 'and has no timer: only the two renewals are armed')
+  t.ok(log.lines.some((l) => l.msg === 'on-demand name not asked for since it was refused: forgotten' && l.obj.domain === 'idle.example.test'))
+  await clock.advance(HOUR)
+  t.equal(issuer.calls.length, 2, 'nor is it ordered an hour later')
+  const served = await manager.certificate('idle.example.test')
+  t.equal(served.name, 'idle.example.test', 'its next handshake starts over, and gets a certificate once the budget allows')
+})
+
+t.test('an on-demand name whose order failed is forgotten at its retry if nobody asked for it since; its failure record stays', async (t) => {
+  const asked: string[] = []
+  const { manager, clock, issuer, store } = unitManager({ domains: [], onDemand: onDemand((name) => { asked.push(name); return true }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  issuer.failWith = new Error('the CA says no')
+  await t.rejects(manager.certificate('failing.example.test'), { code: 'FST_AUTOCERT_ORDER_FAILED' })
+  await clock.advance(10 * MIN)
+  t.equal(issuer.calls.length, 1, 'not retried at the first backoff step (1 min)')
+  t.same(asked, ['failing.example.test'], 'nor was allow() asked again')
+  t.same(manager.status(), [], 'and the name is no longer in memory')
+  t.equal(clock.pending, 0, 'with no timer left')
+  t.ok(await store.get(storeKeys.failure('failing.example.test')), 'the fleet\'s failure record is kept')
 })
 
 t.test('a closed manager orders nothing', async (t) => {
