@@ -16,7 +16,7 @@ import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
 import { FleetLocks, type LockKind } from './fleet/locks'
 import { normalizeName } from './names'
-import { OnDemandPolicy, RefusalLog } from './on-demand'
+import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
@@ -69,6 +69,12 @@ interface Site {
   contexts?: SecureContext[]
   /** The first expiry among the certificates in `contexts` (ms). */
   expires?: number
+  /**
+   * On demand: false from a hold (a refusal) until someone asks for the name
+   * again. A name still unasked when its retry comes, and without a certificate,
+   * is forgotten instead of retried.
+   */
+  asked?: boolean
 }
 
 /** How long an order's caller waits: until the certificate is in memory (a handshake), or also stored. */
@@ -246,7 +252,10 @@ export class CertificateManager {
     const name = this.#sites.has(servername) ? servername : normalizeName(servername)
     const known = name === undefined ? undefined : this.#sites.get(name)
     if (known !== undefined) {
-      if (known.onDemand) this.#onDemand?.touch(known.name, known)
+      if (known.onDemand) {
+        this.#onDemand?.touch(known.name, known)
+        known.asked = true
+      }
       return known
     }
     // A name that fails normalisation never reaches allow().
@@ -535,7 +544,7 @@ export class CertificateManager {
       this.#opts.log.error({ domain: slot.name, offsetSeconds: Math.round(offset / 1000), toleranceSeconds: CLOCK_TOLERANCE / 1000 },
         'this machine\'s clock is far off the CA\'s: no orders and no writes to the fleet\'s order log until it is fixed (NTP)')
     }
-    const refusal = this.#hold(slot, now + CLOCK_RECHECK, 'clock', offset)
+    const refusal = this.#hold(slot, now + CLOCK_RECHECK, 'clock', { offset })
     slot.lastError = { message: refusal.message, at: now }
     throw refusal
   }
@@ -565,7 +574,8 @@ export class CertificateManager {
     const hold = { until: retryAt, reason: 'budget' } as const
     slot.lastError = { message: this.#refusalOf(slot, hold).message, at: this.#clock.now() }
     this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), maxOrdersPerHour: this.#opts.maxOrdersPerHour }, 'order budget used up: order postponed')
-    throw this.#hold(slot, retryAt, 'budget')
+    // On-demand names come in floods: each retries at its own time after the slot (listed ones, a known few, at the slot).
+    throw this.#hold(slot, retryAt, 'budget', { retryAt: slot.site.onDemand ? budgetRetryTime(retryAt) : retryAt })
   }
 
   async #recordFailure (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<void> {
@@ -633,14 +643,16 @@ export class CertificateManager {
   }
 
   /**
-   * No order before `until` (the shared failure backoff, or the order budget); a
-   * retry is scheduled for then. Returns the refusal callers get meanwhile, made
-   * from this hold (not from the clock, which listeners of `backoff` may outlast).
+   * No order before `until` (the shared failure backoff, the order budget, a clock far off); a
+   * retry is scheduled for `retryAt` (`until` unless given). Returns the refusal
+   * callers get meanwhile, made from this hold (not from the clock, which
+   * listeners of `backoff` may outlast).
    */
-  #hold (slot: Slot, until: number, reason: BackoffReason, offset?: number): Error {
+  #hold (slot: Slot, until: number, reason: BackoffReason, { retryAt = until, offset }: { retryAt?: number, offset?: number } = {}): Error {
     const hold = slot.hold = { until, reason, offset }
-    this.#schedule(slot, until)
-    this.events.tell('backoff', { domain: slot.name, retryAt: new Date(until), reason })
+    if (slot.site.onDemand) slot.site.asked = false
+    this.#schedule(slot, retryAt)
+    this.events.tell('backoff', { domain: slot.name, retryAt: new Date(retryAt), reason })
     return this.#refusalOf(slot, hold)
   }
 
@@ -660,8 +672,18 @@ export class CertificateManager {
     }, Math.max(0, at - this.#clock.now()))
   }
 
-  /** A renewal (or retry) a timer asked for. An on-demand name is renewed only while allow() still says yes. */
+  /**
+   * A renewal (or retry) a timer asked for. An on-demand name is renewed only
+   * while allow() still says yes; one refused and not asked for since, with no
+   * certificate, is forgotten (no allow() call, no order): its next handshake starts over.
+   */
   async #renewal (slot: Slot): Promise<void> {
+    const { site } = slot
+    if (site.onDemand && site.asked === false && site.slots.every((s) => s.cert === undefined && s.ordering === undefined && s.loading === undefined)) {
+      this.#opts.log.debug({ domain: site.name }, 'on-demand name not asked for since it was refused: forgotten')
+      this.#drop(site)
+      return
+    }
     if (slot.site.onDemand && !(await (this.#onDemand as OnDemandPolicy<Site>).decide(slot.name, { fresh: true }))) {
       this.#opts.log.info({ domain: slot.name }, 'on-demand name no longer allowed: not renewed')
       this.#drop(slot.site)

@@ -21,6 +21,20 @@ export const ALLOWED_TTL = 10 * 60_000
 export const DENIED_TTL = 60_000
 
 /**
+ * How long after the order budget's next free slot an on-demand name refused
+ * for the budget may retry, at most (ms). Each name retries at a random time in
+ * [slot, slot + BUDGET_RETRY_SPREAD): a flood of names all refused until the same
+ * slot comes back spread over five minutes, not in one millisecond. A handshake
+ * may still order from the slot on; only the retry nobody waits for is spread.
+ */
+export const BUDGET_RETRY_SPREAD = 5 * 60_000
+
+/** When an on-demand name refused for the budget until `slot` retries (see BUDGET_RETRY_SPREAD). */
+export function budgetRetryTime (slot: number, random = Math.random): number {
+  return slot + random() * BUDGET_RETRY_SPREAD
+}
+
+/**
  * The on-demand policy: which names not listed may have a certificate (allow()'s
  * answers, cached, one call in flight per name) and which of them stay in
  * memory (least recently used dropped beyond cacheSize). Holds names and

@@ -23,6 +23,7 @@ import { EncryptedStore } from '../lib/store/encrypted'
 import { FileStore } from '../lib/store/file'
 import { MemoryStore } from '../lib/store/memory'
 import { isCertStore, readBounded, readRecord, type CertStore, type Lock } from '../lib/store/store'
+import { eventually } from './support/app'
 import { entraCredential, startAzurite, trustAzurite, type Azurite } from './support/azurite'
 
 const { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } = fsp
@@ -61,6 +62,13 @@ t.teardown(() => oauthAzurite.stop())
 
 const service = (): BlobServiceClient => BlobServiceClient.fromConnectionString(azurite.connectionString)
 const freshContainer = (): string => `t${randomBytes(8).toString('hex')}`
+
+// The lock blobs in `container`, listed by the SDK itself.
+async function lockBlobs (container: string): Promise<string[]> {
+  const names: string[] = []
+  for await (const blob of service().getContainerClient(container).listBlobsFlat({ prefix: 'locks/' })) names.push(blob.name)
+  return names
+}
 
 // What a test needs from a backend: a fresh store, and for shared backends a second
 // instance on the same storage (another process of the cluster).
@@ -355,13 +363,13 @@ t.test('AzureBlobStore specifics', async (t) => {
       t.same(await measure('delete', () => store.delete('a.example.com')), ['DELETE'])
       t.same(await measure('list', () => store.list()), ['GET list'])
       let lock!: Lock
-      t.same(await measure('first lock of a key (creates the lock blob)', async () => { lock = await store.lock('a.example.com') }),
-        ['PUT lease:acquire', 'PUT', 'PUT lease:acquire'])
-      t.same(await measure('release', () => lock.release()), ['PUT lease:release'])
-      t.same(await measure('lock', async () => { lock = await store.lock('a.example.com') }), ['PUT lease:acquire'])
+      t.same(await measure('lock (creates the lock blob, leases it)', async () => { lock = await store.lock('a.example.com') }),
+        ['PUT', 'PUT lease:acquire'])
+      t.same(await measure('release (deletes the lock blob)', () => lock.release()), ['DELETE'])
+      t.same(await measure('lock again', async () => { lock = await store.lock('a.example.com') }), ['PUT', 'PUT lease:acquire'])
       t.same(await measure('holding for 5.5 s (lease 15 s)', () => sleep(5500)), ['PUT lease:renew'])
       t.notOk(lock.signal.aborted)
-      t.same(await measure('release', () => lock.release()), ['PUT lease:release'])
+      t.same(await measure('release', () => lock.release()), ['DELETE'])
     })
 
     t.test('a lock() aborted while its lease request is in flight gives the lease back', async (t) => {
@@ -381,13 +389,69 @@ t.test('AzureBlobStore specifics', async (t) => {
       controller.abort(new Error('gave up'))
       t.match(await rejection(pending), { message: 'gave up' })
       slow = false
-      while (!proxy.calls.includes('PUT lease:release')) await sleep(10)
-      t.same(proxy.calls, ['PUT lease:acquire', 'PUT lease:release'])
+      while (!proxy.calls.includes('DELETE')) await sleep(10)
+      t.same(proxy.calls, ['PUT', 'PUT lease:acquire', 'DELETE'], 'the lease is ended with its blob')
+      t.same(await lockBlobs(options.container), [], 'no lock blob is left')
       await other.list()
       proxy.calls.length = 0
       const lock = await other.lock('a.example.com')
-      t.same(proxy.calls, ['PUT lease:acquire'], 'another instance gets the lease at once')
+      t.same(proxy.calls, ['PUT', 'PUT lease:acquire'], 'another instance gets the lease at once')
       await lock.release()
+    })
+
+    t.test('a lock() given up while creating its lock blob leaves none', async (t) => {
+      const proxy = await countingProxy(t, azurite.port, { responseDelay: (call) => call === 'PUT' ? 500 : 0 })
+      const container = freshContainer()
+      const store = new AzureBlobStore({ accountName: azurite.accountName, accountKey: azurite.accountKey, endpoint: proxy.endpoint, container })
+      t.teardown(() => store.close())
+      await store.list()
+      const controller = new AbortController()
+      const pending = store.lock('a.example.com', controller.signal)
+      // Azurite has created the blob by now; the proxy holds the answer back.
+      await sleep(200)
+      controller.abort(new Error('gave up'))
+      t.match(await rejection(pending), { message: 'gave up' })
+      await eventually(async () => (await lockBlobs(container)).length === 0)
+      t.pass('the blob it created is removed')
+      t.notOk(proxy.calls.includes('PUT lease:acquire'), 'and no lease was asked for')
+    })
+
+    t.test('a released lock leaves no blob; a waiter finds it gone and creates it again', async (t) => {
+      const container = freshContainer()
+      const options = { connectionString: azurite.connectionString, container }
+      const store = new AzureBlobStore(options)
+      const other = new AzureBlobStore(options)
+      t.teardown(() => Promise.all([store.close(), other.close()]))
+      const first = await store.lock('a.example.com', undefined, { holder: 'host-1' })
+      t.same(await lockBlobs(container), ['locks/a.example.com'], 'the lock blob exists while the lock is held')
+      const told: Array<string | undefined> = []
+      const second = other.lock('a.example.com', undefined, { holder: 'host-2', onWait: (holder) => told.push(holder) })
+      await eventually(() => told.length > 0)
+      await first.release()
+      const lock = await second
+      t.notOk(lock.signal.aborted, 'the waiter took it after the holder deleted it')
+      t.same(told, ['host-1'])
+      await eventually(async () => (await service().getContainerClient(container).getBlobClient('locks/a.example.com').getProperties()).metadata?.holder === 'host-2')
+      t.pass('it records its holder on the blob it created')
+      await lock.release()
+      t.same(await lockBlobs(container), [], 'and after its release no lock blob is left')
+    })
+
+    t.test('releasing a lock whose lease was lost does not remove the next holder\'s blob', { timeout: 30_000 }, async (t) => {
+      const container = freshContainer()
+      const options = { connectionString: azurite.connectionString, container }
+      const store = new AzureBlobStore(options)
+      const other = new AzureBlobStore(options)
+      t.teardown(() => Promise.all([store.close(), other.close()]))
+      const lost = await store.lock('a.example.com')
+      await service().getContainerClient(container).getBlockBlobClient('locks/a.example.com').getBlobLeaseClient().breakLease(0)
+      const taken = await other.lock('a.example.com')
+      await lost.release()
+      const props = await service().getContainerClient(container).getBlobClient('locks/a.example.com').getProperties()
+      t.equal(props.leaseState, 'leased', 'the new holder\'s blob and lease are still there')
+      t.notOk(taken.signal.aborted)
+      await taken.release()
+      t.same(await lockBlobs(container), [], 'gone once its holder releases it')
     })
 
     t.test('a lease held by a crashed holder is taken over once it lapses', { timeout: 60_000 }, async (t) => {
@@ -464,7 +528,7 @@ t.test('AzureBlobStore specifics', async (t) => {
     const store = new AzureBlobStore({ accountName: azurite.accountName, accountKey: azurite.accountKey, endpoint: proxy.endpoint, container })
     t.teardown(() => store.close())
     const lock = await store.lock('a.example.com')
-    t.same(proxy.calls, ['PUT container', 'PUT lease:acquire', 'PUT', 'PUT lease:acquire'], 'the conflict on create is not an error')
+    t.same(proxy.calls, ['PUT container', 'PUT', 'PUT lease:acquire'], 'the conflict on create is not an error: the blob is leased')
     await lock.release()
   })
 

@@ -91,7 +91,8 @@ const DEFAULT_TIMEOUT_MS = 30_000
 /**
  * A store in an Azure Blob Storage container: one block blob per key, named
  * `<prefix><key>`, so a container written by Go autocert + azcertcache can be read
- * with an empty prefix. The lock on a key is a blob lease on `<prefix>locks/<key>` (lockPaths).
+ * with an empty prefix. The lock on a key is a blob lease on `<prefix>locks/<key>` (lockPaths),
+ * a blob that exists only while the lock is held or being taken.
  *
  * Every SDK error leaves the store as a `RestError` that keeps `statusCode`, `code`
  * and `details` but not the SDK's `request`/`response`: those hold the request URL
@@ -178,9 +179,32 @@ export class AzureBlobStore implements CertStore {
     })
   }
 
+  /*
+   * A released lock leaves no blob: release deletes the lock blob, the delete
+   * conditioned on the lease id (it ends the lease, and cannot remove a blob
+   * someone else has leased since). Lock names come from on-demand names, that is
+   * from clients: kept blobs would pile up, one per name ever locked. So lock()
+   * first creates the blob (if-none-match: someone else's is fine), then leases it;
+   * a waiter whose holder released it finds it gone (404) and creates it again.
+   * Cost of a free lock: 3 operations (create, acquire, delete), where a kept blob
+   * costs 2 (acquire, release) from its second lock on, 4 for its first.
+   * A holder that crashed, or could not reach the store to release, leaves its
+   * blob: the next lock() of that key takes it over and deletes it.
+   */
   async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {
     const blob = this.#client.getBlockBlobClient(this.#prefix + lockPaths.blob(checkKey(key)))
     const lease = blob.getBlobLeaseClient(randomUUID())
+    // Removes the lock blob unless another holder has leased it: with our lease id
+    // it ends our lease; without (our lease was never granted, or has lapsed) it fails
+    // on a blob another holder leased (412). At worst it removes a blob another
+    // waiter has just created and not yet leased: that waiter creates it again.
+    const discard = async (): Promise<void> => {
+      await this.#call((abortSignal) => blob.deleteIfExists({ abortSignal, conditions: { leaseId: lease.leaseId } })).catch(async (err: unknown) => {
+        if (!isStorageError(err, 412)) throw err
+        await this.#call((abortSignal) => blob.deleteIfExists({ abortSignal }))
+      })
+    }
+    let missing = true
     await pollLock({
       onWait: options.onWait,
       signal,
@@ -188,24 +212,30 @@ export class AzureBlobStore implements CertStore {
       attempt: async (wait) => {
         await untilAborted(this.#container(), wait)
         try {
+          if (missing) {
+            await this.#call((abortSignal) => blob.upload('', 0, { abortSignal, conditions: { ifNoneMatch: '*' } }), wait)
+              .catch((err: unknown) => {
+                // Someone else's lock blob (Azurite says 409, Azure may say 412): lease it.
+                if (!isStorageError(err, 409) && !isStorageError(err, 412)) throw err
+              })
+            missing = false
+          }
           await this.#call((abortSignal) => lease.acquireLease(this.#leaseSeconds, { abortSignal }), wait)
           // Granted, but the caller may have given up (or the store closed) just now.
           wait.throwIfAborted()
           return 'taken'
         } catch (err) {
-          if (wait.aborted) {
-            // The lease may have been granted as the request was cancelled: free it rather than let it lapse.
-            this.#call((abortSignal) => lease.releaseLease({ abortSignal })).catch(() => {})
-            throw err
-          }
+          // (Once `wait` has aborted, #call rejects with its reason, never with these.)
           if (isStorageError(err, 409, 'LeaseAlreadyPresent')) return 'held'
-          if (!isStorageError(err, 404, 'BlobNotFound')) throw err
-          await this.#call((abortSignal) => blob.upload('', 0, { abortSignal, conditions: { ifNoneMatch: '*' } }), wait)
-            .catch((err: unknown) => {
-              // Someone else created it first (Azurite says 409, Azure may say 412): fine.
-              if (!isStorageError(err, 409) && !isStorageError(err, 412)) throw err
-            })
-          return 'again'
+          if (isStorageError(err, 404, 'BlobNotFound')) {
+            // Released (deleted) by its holder since: create it again.
+            missing = true
+            return 'again'
+          }
+          // Given up, or failed: the blob may have been created, or the lease granted,
+          // as the request was cancelled. Remove it rather than leave it.
+          discard().catch(() => {})
+          throw err
         }
       },
       readHolder: async (wait) => (await this.#call((abortSignal) => blob.getProperties({ abortSignal }), wait)).metadata?.holder
@@ -222,7 +252,7 @@ export class AzureBlobStore implements CertStore {
       // Each renewal must end before the next tick, so the lease (3 ticks long) is
       // either renewed or known lost well before it lapses.
       refresh: async () => { await this.#call((abortSignal) => lease.renewLease({ abortSignal }), undefined, intervalMs - 100) },
-      free: async () => { await this.#call((abortSignal) => lease.releaseLease({ abortSignal })) },
+      free: discard,
       lost: 'its lease could not be renewed, another instance may hold it now',
       forget: () => this.#held.delete(held)
     })

@@ -1,7 +1,11 @@
 // Unit tier: on-demand names (allow() answers, their TTLs, the LRU) and refusals, on a manual clock (see test/helpers/unit.ts).
 import t from 'tap'
-import { ALLOWED_TTL, DENIED_TTL } from '../../lib/on-demand'
+import { ALLOWED_TTL, BUDGET_RETRY_SPREAD, DENIED_TTL } from '../../lib/on-demand'
+import { storeKeys } from '../../lib/store/keys'
 import { unitManager } from '../helpers/unit'
+
+const MIN = 60_000
+const HOUR = 60 * MIN
 
 const onDemand = (allow: (name: string) => boolean | Promise<boolean>, cacheSize = 100): { allow: typeof allow, timeout: number, cacheSize: number } =>
   ({ allow, timeout: 5000, cacheSize })
@@ -99,6 +103,71 @@ t.test('at renewal, allow() is asked again: a name it refuses now is dropped, no
   t.equal(issuer.calls.length, 1, 'not renewed')
   t.same(manager.status(), [], 'and dropped from memory')
   t.equal(clock.pending, 0, 'with no timer left')
+})
+
+t.test('on-demand names refused for the budget retry each at its own time, after the slot and within BUDGET_RETRY_SPREAD; the refusal names the slot', async (t) => {
+  const retries: Array<{ name: string, at: number }> = []
+  const { manager, clock, issuer } = unitManager({ domains: [], maxOrdersPerHour: 1, onDemand: onDemand((name) => { retries.push({ name, at: clock.now() }); return true }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  const backoffs: Array<{ domain: string, retryAt: Date }> = []
+  manager.events.on('backoff', (e) => backoffs.push(e))
+  const slot = clock.now() + HOUR
+  await manager.certificate('first.example.test')
+  const names = Array.from({ length: 20 }, (_, i) => `n${i}.example.test`)
+  const refusal = { code: 'FST_AUTOCERT_RATE_LIMITED', message: new RegExp(`next slot at ${new Date(slot).toISOString()}`) }
+  for (const name of names) await t.rejects(manager.certificate(name), refusal, `${name}: refused until the slot`)
+  t.ok(backoffs.every((b) => b.retryAt.getTime() >= slot && b.retryAt.getTime() < slot + BUDGET_RETRY_SPREAD), 'each backoff event gives a retry time in [slot, slot + BUDGET_RETRY_SPREAD)')
+  t.ok(manager.status().filter((s) => s.domain !== 'first.example.test').every((s) => s.retryAfter?.getTime() === slot), 'status() shows the slot as retryAfter')
+  // Asked for again, so each is retried rather than forgotten.
+  await clock.advance(HOUR - 1)
+  for (const name of names) await t.rejects(manager.certificate(name), refusal, `${name}: still refused, with the same slot, a millisecond before it`)
+  retries.length = 0
+  await clock.advance(1 + BUDGET_RETRY_SPREAD)
+  const times = retries.map((r) => r.at)
+  t.same(retries.map((r) => r.name).sort(), [...names].sort(), 'each name retried once (allow() asked again)')
+  t.equal(new Set(times).size, names.length, 'at distinct times')
+  t.ok(times.every((at) => at >= slot && at < slot + BUDGET_RETRY_SPREAD), 'none before the slot, none later than BUDGET_RETRY_SPREAD after it')
+  t.equal(issuer.calls.length, 2, 'the first retry took the slot the hour freed')
+  t.ok(issuer.calls[1].at === Math.min(...times), 'and it was the earliest')
+})
+
+t.test('a refused on-demand name nobody asks for again is forgotten when its hold ends; one asked for again is retried', async (t) => {
+  const asked: string[] = []
+  const { manager, clock, issuer, log } = unitManager({ domains: [], maxOrdersPerHour: 1, onDemand: onDemand((name) => { asked.push(name); return true }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  await manager.certificate('first.example.test')
+  await t.rejects(manager.certificate('idle.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  await t.rejects(manager.certificate('wanted.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  await clock.advance(30 * MIN)
+  await t.rejects(manager.certificate('wanted.example.test'), { code: 'FST_AUTOCERT_RATE_LIMITED' }, 'wanted is asked for again')
+  asked.length = 0
+  await clock.advance(30 * MIN + BUDGET_RETRY_SPREAD)
+  t.same(asked, ['wanted.example.test'], 'allow() asked again for the wanted name only')
+  t.same(issuer.names, ['first.example.test', 'wanted.example.test'], 'wanted ordered; idle not')
+  t.same(manager.status().map((s) => s.domain).sort(), ['first.example.test', 'wanted.example.test'], 'idle is no longer in memory')
+  t.equal(clock.pending, 2, 'and has no timer: only the two renewals are armed')
+  t.ok(log.lines.some((l) => l.msg === 'on-demand name not asked for since it was refused: forgotten' && l.obj.domain === 'idle.example.test'))
+  await clock.advance(HOUR)
+  t.equal(issuer.calls.length, 2, 'nor is it ordered an hour later')
+  const served = await manager.certificate('idle.example.test')
+  t.equal(served.name, 'idle.example.test', 'its next handshake starts over, and gets a certificate once the budget allows')
+})
+
+t.test('an on-demand name whose order failed is forgotten at its retry if nobody asked for it since; its failure record stays', async (t) => {
+  const asked: string[] = []
+  const { manager, clock, issuer, store } = unitManager({ domains: [], onDemand: onDemand((name) => { asked.push(name); return true }) })
+  t.teardown(() => manager.close())
+  manager.start()
+  issuer.failWith = new Error('the CA says no')
+  await t.rejects(manager.certificate('failing.example.test'), { code: 'FST_AUTOCERT_ORDER_FAILED' })
+  await clock.advance(10 * MIN)
+  t.equal(issuer.calls.length, 1, 'not retried at the first backoff step (1 min)')
+  t.same(asked, ['failing.example.test'], 'nor was allow() asked again')
+  t.same(manager.status(), [], 'and the name is no longer in memory')
+  t.equal(clock.pending, 0, 'with no timer left')
+  t.ok(await store.get(storeKeys.failure('failing.example.test')), 'the fleet\'s failure record is kept')
 })
 
 t.test('a closed manager orders nothing', async (t) => {
