@@ -48,6 +48,13 @@ export class OrderBudget {
   // Polling the store for the budget's lock spaced a start-up's first orders a second apart.
   readonly #queue = new LockQueue()
   readonly #corrupt: CorruptLog
+  /**
+   * Until when the budget is known to be spent, from the last refusal: the
+   * log's entries only leave the hour as time passes and other instances only
+   * add to it, so no claim opened before then can be spent. Refused from memory,
+   * a flood of new names waiting for the budget costs no store call.
+   */
+  #spentUntil = -Infinity
 
   constructor (opts: OrderBudgetOptions) {
     this.#opts = opts
@@ -56,7 +63,9 @@ export class OrderBudget {
 
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
   open (onWait?: TakeOptions['onWait']): BudgetClaim {
-    return new BudgetClaim(this.#lockAndRead(onWait), this.#opts)
+    const refused = (retryAt: number): void => { this.#spentUntil = Math.max(this.#spentUntil, retryAt) }
+    const opened = this.#opts.clock.now() < this.#spentUntil ? Promise.resolve({ spentUntil: this.#spentUntil }) : this.#lockAndRead(onWait)
+    return new BudgetClaim(opened, this.#opts, refused)
   }
 
   async #lockAndRead (onWait: TakeOptions['onWait']): Promise<Opened> {
@@ -77,20 +86,23 @@ export class OrderBudget {
   }
 }
 
-interface Opened {
+/** A claim's lock and the log it read, or (no lock taken) the time until which the budget is known to be spent. */
+type Opened = {
   lock: Lock
   /** Times of the last hour's orders, oldest first (plausible ones only: see CLOCK_TOLERANCE). */
   recent: number[]
-}
+} | { spentUntil: number }
 
 /** One order's claim on the budget: spend() once, release() always. */
 export class BudgetClaim {
   readonly #opened: Promise<Opened>
   readonly #opts: OrderBudgetOptions
+  readonly #refused: (retryAt: number) => void
 
-  constructor (opened: Promise<Opened>, opts: OrderBudgetOptions) {
+  constructor (opened: Promise<Opened>, opts: OrderBudgetOptions, refused: (retryAt: number) => void) {
     this.#opened = opened
     this.#opts = opts
+    this.#refused = refused
     // Whoever spends it gets the rejection; nobody may, when the order turns out not to be needed.
     opened.catch(() => {})
   }
@@ -101,12 +113,18 @@ export class BudgetClaim {
    * counts nothing and returns when the next order may be placed.
    */
   async spend (): Promise<{ spent: true } | { spent: false, retryAt: number }> {
-    const { lock, recent } = await this.#opened
+    const opened = await this.#opened
+    if ('spentUntil' in opened) return { spent: false, retryAt: opened.spentUntil }
+    const { lock, recent } = opened
     const { store, clock } = this.#opts
     const budget = Math.min(this.#opts.maxOrdersPerHour, ORDER_LOG_CAPACITY)
     try {
       // The next order may go once enough of the hour's orders have left it to be under the budget.
-      if (recent.length >= budget) return { spent: false, retryAt: recent[recent.length - budget] + HOUR }
+      if (recent.length >= budget) {
+        const retryAt = recent[recent.length - budget] + HOUR
+        this.#refused(retryAt)
+        return { spent: false, retryAt }
+      }
       lock.signal.throwIfAborted()
       await store.put(storeKeys.orderLog, JSON.stringify([...recent, clock.now()].sort((a, b) => a - b)))
       return { spent: true }
@@ -117,7 +135,7 @@ export class BudgetClaim {
 
   /** Releases the budget's lock (once it has been taken); never throws, releasing twice is a no-op. */
   async release (): Promise<void> {
-    await this.#opened.then((opened) => opened.lock.release(), () => {})
+    await this.#opened.then((opened) => 'lock' in opened ? opened.lock.release() : undefined, () => {})
   }
 }
 

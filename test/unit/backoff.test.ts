@@ -2,6 +2,8 @@
 import t from 'tap'
 import { ORDER_LOG_CAPACITY } from '../../lib/fleet/budget'
 import { storeKeys, storeLimits } from '../../lib/store/keys'
+import { MemoryStore } from '../../lib/store/memory'
+import { spyStore } from '../support/app'
 import { unitManager } from '../helpers/unit'
 
 const MIN = 60_000
@@ -95,6 +97,24 @@ t.test('an implausible failure record (a retry a year away, a failure in the fut
   custom.manager.start()
   await custom.clock.advance(0)
   t.equal(custom.issuer.calls.length, 0, 'a retry within the longest of retryDelays is honoured')
+})
+
+t.test('once a refusal shows the budget spent, names waiting for it are refused from memory until the slot: no lock or read of the order log each', async (t) => {
+  const names = Array.from({ length: 20 }, (_, i) => `n${i}.example.test`)
+  const store = spyStore(new MemoryStore())
+  // One name at a time: a claim opened before the first refusal still reads the log (at most `concurrency` of them).
+  const { manager, clock, issuer } = unitManager({ domains: names, maxOrdersPerHour: 2, concurrency: 1, store: store as unknown as MemoryStore })
+  t.teardown(() => manager.close())
+  manager.start()
+  await clock.advance(0)
+  t.equal(issuer.calls.length, 2, 'two orders')
+  const logLocks = store.keys.filter((k) => k === storeKeys.orderLog).length
+  // Two spends (lock, read, write), then one refusal that learns the slot (lock, read); 40 calls without the memory.
+  t.equal(logLocks, 8, 'the order log was touched 8 times for 20 names')
+  for (const name of names.slice(2)) await t.rejects(manager.certificate(name), { code: 'FST_AUTOCERT_RATE_LIMITED' })
+  t.equal(store.keys.filter((k) => k === storeKeys.orderLog).length, logLocks, 'later refusals do not touch it either')
+  await clock.advance(60 * MIN)
+  t.equal(issuer.calls.length, 4, 'at the slot, the next two orders go')
 })
 
 t.test('a chain too long to be read back from the store is a failed order, never stored', async (t) => {
