@@ -24,7 +24,9 @@ export interface FloodOptions {
   host: string
   /** The token of each request; by default a fresh random one (22+ base64url characters, as the CA's). */
   token?: () => string
-  /** While it has not aborted, a connection that ends is opened again: a sustained flood. Without it, one round. */
+  /** What comes before the token (default CHALLENGE_PATH): another path floods a server without reaching the challenge route. */
+  prefix?: string
+  /** While it has not aborted, a connection that ends is opened again: a sustained flood. Without it, one round. Its abort ends the connections open. */
   signal?: AbortSignal
 }
 
@@ -37,21 +39,26 @@ export interface FloodResult {
   answers: Record<number, number>
   /** Connections the server closed before answering all they sent. */
   cut: number
+  /** Connections ended by the signal's abort. */
+  stopped: number
 }
 
 /** One connection: writes `requests` pipelined requests, resolves when the server closed it or answered them all. */
-function round (port: number, options: FloodOptions, out: FloodResult): Promise<void> {
+function round (port: number, options: FloodOptions, out: FloodResult, live: Set<() => void>): Promise<void> {
   const token = options.token ?? (() => randomBytes(32).toString('base64url'))
   const head = `Host: ${options.host}\r\nUser-Agent: flood\r\n\r\n`
   let requests = ''
-  for (let i = 0; i < options.requests; i++) requests += `GET ${CHALLENGE_PATH}${token()} HTTP/1.1\r\n${head}`
+  for (let i = 0; i < options.requests; i++) requests += `GET ${options.prefix ?? CHALLENGE_PATH}${token()} HTTP/1.1\r\n${head}`
   return new Promise((resolve) => {
     out.opened++
     out.sent += options.requests
     let answered = 0
+    let stopped = false
     // A status line may be split between two reads: keep the end of the previous one.
     let tail = ''
     const socket = net.connect(port, '127.0.0.1', () => socket.write(requests))
+    const stop = (): void => { stopped = true; socket.destroy() }
+    live.add(stop)
     socket.setEncoding('latin1')
     socket.on('data', (chunk: string) => {
       const text = tail + chunk
@@ -66,7 +73,9 @@ function round (port: number, options: FloodOptions, out: FloodResult): Promise<
     // The server may close while the requests are still being written.
     socket.on('error', () => {})
     socket.on('close', () => {
-      if (answered < options.requests) out.cut++
+      live.delete(stop)
+      if (stopped) out.stopped++
+      else if (answered < options.requests) out.cut++
       resolve()
     })
   })
@@ -74,11 +83,16 @@ function round (port: number, options: FloodOptions, out: FloodResult): Promise<
 
 /** Runs the flood against 127.0.0.1:`port` and counts what came back. */
 export async function challengeFlood (port: number, options: FloodOptions): Promise<FloodResult> {
-  const out: FloodResult = { opened: 0, sent: 0, answers: {}, cut: 0 }
+  const out: FloodResult = { opened: 0, sent: 0, answers: {}, cut: 0, stopped: 0 }
+  // The connections open, each by the function that ends it.
+  const live = new Set<() => void>()
+  const stopAll = (): void => { for (const stop of live) stop() }
+  options.signal?.addEventListener('abort', stopAll, { once: true })
   await Promise.all(Array.from({ length: options.connections }, async () => {
-    do await round(port, options, out)
+    do await round(port, options, out, live)
     while (options.signal !== undefined && !options.signal.aborted)
   }))
+  options.signal?.removeEventListener('abort', stopAll)
   return out
 }
 
