@@ -211,7 +211,8 @@ export class AutocertCore implements AutocertServer {
   /**
    * The answer to a challenge request `req` for `token` with the Host header
    * `host`, within CHALLENGE_LOOKUP_LIMITS. A refused request's HTTP/1
-   * connection is closed after the answer (HTTP/2 has no such header).
+   * connection is closed after the answer (HTTP/2 has no such header), and
+   * one refused for asking too much at once is read no further meanwhile.
    */
   async answerChallenge (token: string, host: string | undefined, req: IncomingMessage | Http2ServerRequest): Promise<ChallengeReply> {
     let answer
@@ -223,10 +224,15 @@ export class AutocertCore implements AutocertServer {
     }
     if (answer === undefined) return { status: 404, body: 'Not Found', headers: {} }
     if ('keyAuthorization' in answer) return { status: 200, body: answer.keyAuthorization, headers: {} }
-    const close: Record<string, string> = req.httpVersionMajor < 2 ? { connection: 'close' } : {}
-    return answer.refused === 'connection'
-      ? { status: 429, body: 'Too Many Requests', headers: close }
-      : { status: 503, body: 'Service Unavailable', headers: { ...close, 'retry-after': String(CHALLENGE_LOOKUP_LIMITS.retryAfter) } }
+    const http1 = req.httpVersionMajor < 2
+    const close: Record<string, string> = http1 ? { connection: 'close' } : {}
+    if (answer.refused === 'instance') {
+      return { status: 503, body: 'Service Unavailable', headers: { ...close, 'retry-after': String(CHALLENGE_LOOKUP_LIMITS.retryAfter) } }
+    }
+    // The 429 waits for the answers pipelined before it; until then Node would parse what the
+    // client sent next (a 64 KiB read: 500 requests more of a flood) and hold it as well.
+    if (http1) req.socket.pause()
+    return { status: 429, body: 'Too Many Requests', headers: close }
   }
 
   /** The TLS-ALPN-01 challenge certificate for the CA's acme-tls/1 connection; a rejection fails the handshake. */

@@ -253,7 +253,7 @@ t.test('the Fastify route and the middleware keep the same limits as the http01 
       t.equal(answers[2].headers.connection, 'close', 'the 429 closes the connection')
       t.ok(closed, 'and the server closed it: the rest was never answered')
       t.equal(store.reads - reads, perConnection, `${perConnection} store reads`)
-      t.comment(`${reached} of the 1,000 pipelined requests reached the handler before the connection was closed`)
+      t.ok(reached < 1000, `${reached} of the 1,000 pipelined requests reached the handler: the connection was read no further once refused`)
 
       store.hold()
       const before = store.reads
