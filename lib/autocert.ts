@@ -211,8 +211,9 @@ export class AutocertCore implements AutocertServer {
   /**
    * The answer to a challenge request `req` for `token` with the Host header
    * `host`, within CHALLENGE_LOOKUP_LIMITS. A refused request's HTTP/1
-   * connection is closed after the answer (HTTP/2 has no such header), and
-   * one refused for asking too much at once is read no further meanwhile.
+   * connection is closed after the answer (HTTP/2 has no such header); one
+   * that asks too much at once is read no further meanwhile, and reset if it
+   * goes on.
    */
   async answerChallenge (token: string, host: string | undefined, req: IncomingMessage | Http2ServerRequest): Promise<ChallengeReply> {
     let answer
@@ -229,9 +230,12 @@ export class AutocertCore implements AutocertServer {
     if (answer.refused === 'instance') {
       return { status: 503, body: 'Service Unavailable', headers: { ...close, 'retry-after': String(CHALLENGE_LOOKUP_LIMITS.retryAfter) } }
     }
-    // The 429 waits for the answers pipelined before it; until then Node would parse what the
-    // client sent next (a 64 KiB read: 500 requests more of a flood) and hold it as well.
-    if (http1) req.socket.pause()
+    // The 429 waits for the answers pipelined before it, and so does every request Node has
+    // parsed after it: stop reading (Node would parse the next 64 KiB read, 500 requests more
+    // of a flood), and reset a connection that pipelined far past its 429 (what it sent is dropped).
+    // Over HTTP/2 each stream is answered at once.
+    if (http1 && answer.refused === 'reset') req.socket.destroy()
+    else if (http1) req.socket.pause()
     return { status: 429, body: 'Too Many Requests', headers: close }
   }
 

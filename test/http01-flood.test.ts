@@ -27,7 +27,7 @@ import { handshake, type Served } from './support/tls'
  */
 
 const TARGET = 'target.example.test'
-const { perConnection, inFlight, retryAfter } = CHALLENGE_LOOKUP_LIMITS
+const { perConnection, resetAfter, inFlight, retryAfter } = CHALLENGE_LOOKUP_LIMITS
 // Peak RSS growth in one flood: far below the 1,082 MB (2 x 10,000) and 576 MB (20 x 500)
 // the unbounded lookups took, far above what a Node process moves by itself.
 const MAX_GROWTH = 64 * 2 ** 20
@@ -71,7 +71,8 @@ t.test('a challenge flood is answered at once, costs a few store reads, and the 
 
       t.equal(result.cut, connections, 'the server closed every flooding connection before answering all it pipelined')
       t.same(Object.keys(result.answers).filter((s) => !['404', '429', '503'].includes(s)), [], 'every answer is 404, 429 or 503')
-      t.ok((result.answers[429] ?? 0) + (result.answers[503] ?? 0) >= connections, 'each connection was refused (429 or 503), not queued')
+      const answered = Object.values(result.answers).reduce((a, b) => a + b, 0)
+      t.ok(answered <= connections * (perConnection + 1), `${answered} answers: at most the ${perConnection} lookups of each connection and its 429, nothing queued`)
       t.ok(reads <= connections * perConnection * 2, `${reads} store reads for ${(connections * requests).toLocaleString('en-US')} requests (at most ${connections * perConnection * 2})`)
       t.ok(growth < MAX_GROWTH, `peak RSS grew by ${mib(growth)} (less than ${mib(MAX_GROWTH)})`)
       t.ok(after.retained - before.retained < MAX_RETAINED, `${mib(after.retained - before.retained)} more heap kept after the flood`)
@@ -170,11 +171,14 @@ function pipelined (port: number, tokens: string[], host: string): Promise<{ ans
  * held, keeps them waiting before they go on to the store, so that the test
  * decides when they end. Every call still reaches `inner`.
  */
-function gatedStore (inner: CertStore): CertStore & { reads: number, waiting: number, hold (): void, release (): void } {
+function gatedStore (inner: CertStore): CertStore & { reads: number, waiting: number, active: number, hold (): void, release (): void } {
   let held: Array<() => void> | undefined
   const spy = {
     reads: 0,
+    /** Reads held at the gate. */
     waiting: 0,
+    /** Reads not ended yet, held or not. */
+    active: 0,
     hold: () => { held ??= [] },
     release: () => {
       const waiting = held ?? []
@@ -182,16 +186,20 @@ function gatedStore (inner: CertStore): CertStore & { reads: number, waiting: nu
       for (const go of waiting) go()
     },
     get: async (key: string) => {
-      if (key.endsWith('+http-01')) {
-        spy.reads++
+      if (!key.endsWith('+http-01')) return await inner.get(key)
+      spy.reads++
+      spy.active++
+      try {
         const gate = held
         if (gate !== undefined) {
           spy.waiting++
           await new Promise<void>((resolve) => gate.push(resolve))
           spy.waiting--
         }
+        return await inner.get(key)
+      } finally {
+        spy.active--
       }
-      return await inner.get(key)
     },
     put: (key: string, value: string | Buffer) => inner.put(key, value),
     delete: (key: string) => inner.delete(key),
@@ -242,17 +250,31 @@ t.test('the Fastify route and the middleware keep the same limits as the http01 
   const ports = { 'the Fastify route': (app.server.address() as AddressInfo).port, middleware: (plain.address() as AddressInfo).port }
   for (const [path, port] of Object.entries(ports)) {
     await t.test(`${path}: ${perConnection} lookups waiting per connection, ${inFlight} in the instance; a flood is cut off`, async (t) => {
+      // A few pipelined past the limit: the answers, then a 429 that closes the connection.
+      const few = perConnection + resetAfter
       store.hold()
       const reads = store.reads
-      reached = 0
-      const one = pipelined(port, Array.from({ length: 1000 }, token), name)
+      const some = pipelined(port, Array.from({ length: few }, token), name)
       await eventually(() => store.waiting === perConnection)
       store.release()
-      const { answers, closed } = await one
-      t.same(answers.map((a) => a.status), [404, 404, 429], `1,000 pipelined: ${perConnection} looked up, then 429`)
+      const { answers, closed } = await some
+      t.same(answers.map((a) => a.status), [404, 404, 429], `${few} pipelined: ${perConnection} looked up, then 429`)
       t.equal(answers[2].headers.connection, 'close', 'the 429 closes the connection')
       t.ok(closed, 'and the server closed it: the rest was never answered')
       t.equal(store.reads - reads, perConnection, `${perConnection} store reads`)
+
+      // Far past it: reset at once, its lookups end unanswered.
+      store.hold()
+      const before1000 = store.reads
+      reached = 0
+      const many = pipelined(port, Array.from({ length: 1000 }, token), name)
+      await eventually(() => store.waiting === perConnection)
+      const reset = await many
+      t.same(reset, { answers: [], closed: true }, `1,000 pipelined: reset before any answer (${resetAfter} refused requests at most)`)
+      store.release()
+      // Its lookups end unanswered, and leave the instance's reads free for the next step.
+      await eventually(() => store.active === 0)
+      t.equal(store.reads - before1000, perConnection, `${perConnection} store reads`)
       t.ok(reached < 1000, `${reached} of the 1,000 pipelined requests reached the handler: the connection was read no further once refused`)
 
       store.hold()
@@ -273,8 +295,12 @@ t.test('the Fastify route and the middleware keep the same limits as the http01 
       const flood = await challengeFlood(port, { connections: 2, requests: 2000, host: name })
       t.equal(flood.cut, 2, `a flood of 2 x 2,000 is cut off (${JSON.stringify(flood.answers)})`)
       t.ok(store.reads - floodReads <= 2 * perConnection * 2, `${store.reads - floodReads} store reads`)
+      await eventually(() => store.active === 0)
     })
   }
+
+  t.same([...routeLogs, ...middlewareLog.lines.map((l) => ({ level: l.level, msg: l.msg }))].filter((l) => ['warn', 'error', 40, 50, 60].includes(l.level as string | number)), [],
+    'the refusals and resets wrote no warning or error')
 
   await t.test('over HTTP/2 the limit is per session: its streams share it, and no Connection header is sent', async (t) => {
     const h2 = Fastify({ http2: true })

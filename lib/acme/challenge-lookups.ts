@@ -20,6 +20,13 @@ export const CHALLENGE_LOOKUP_LIMITS = {
    */
   perConnection: 2,
   /**
+   * Requests a connection may go on sending while refused, before it is reset
+   * at once: every request Node has parsed waits in memory for the answers
+   * before it, so those of a pipelined flood would wait for its lookups.
+   * Default 16.
+   */
+  resetAfter: 16,
+  /**
    * Store reads in flight for the whole instance (distinct tokens). One more is
    * answered 503 with `Retry-After` and `Connection: close`; a request for a
    * token already being read shares that read instead. Default 32.
@@ -44,11 +51,17 @@ export const CHALLENGE_LOOKUP_LIMITS = {
 
 export type ChallengeLookupLimits = { readonly [K in keyof typeof CHALLENGE_LOOKUP_LIMITS]: number }
 
-/** What a lookup came to: the stored value (undefined: none), or which limit refused it. */
-export type LookupResult<T> = { value: T | undefined } | { refused: 'connection' | 'instance' }
+/**
+ * What a lookup came to: the stored value (undefined: none), or which limit
+ * refused it: `connection` (perConnection), `reset` (that, past resetAfter),
+ * `instance` (inFlight).
+ */
+export type LookupResult<T> = { value: T | undefined } | { refused: Refusal }
+export type Refusal = 'connection' | 'reset' | 'instance'
 
 const UNKNOWN = { value: undefined } as const
 const CONNECTION_BUSY = { refused: 'connection' } as const
+const CONNECTION_RESET = { refused: 'reset' } as const
 const INSTANCE_BUSY = { refused: 'instance' } as const
 
 /**
@@ -66,8 +79,8 @@ export class ChallengeLookups<T> {
   readonly #log: Logger
   readonly #clock: Clock
   readonly #reads = new Map<string, Promise<T | undefined>>()
-  // Lookups waiting per connection; a connection's entry goes when its last lookup ends.
-  readonly #waiting = new WeakMap<object, { count: number }>()
+  // Lookups waiting per connection, and requests refused meanwhile; a connection's entry goes when its last lookup ends.
+  readonly #waiting = new WeakMap<object, { count: number, refused: number }>()
   // Key -> until when it is known to be absent. Every entry lives as long, so the first is the oldest.
   readonly #unknown = new Map<string, number>()
   #failures = 0
@@ -86,8 +99,8 @@ export class ChallengeLookups<T> {
       if (until > this.#clock.now()) return UNKNOWN
       this.#unknown.delete(key)
     }
-    const waiting = this.#waiting.get(connection) ?? { count: 0 }
-    if (waiting.count >= this.#limits.perConnection) return CONNECTION_BUSY
+    const waiting = this.#waiting.get(connection) ?? { count: 0, refused: 0 }
+    if (waiting.count >= this.#limits.perConnection) return ++waiting.refused > this.#limits.resetAfter ? CONNECTION_RESET : CONNECTION_BUSY
     let read = this.#reads.get(key)
     if (read === undefined) {
       if (this.#reads.size >= this.#limits.inFlight) return INSTANCE_BUSY

@@ -4,7 +4,7 @@ import type { Logger } from '../events'
 import { normalizeName } from '../names'
 import { storeKeys } from '../store/keys'
 import type { CertStore } from '../store/store'
-import { ChallengeLookups } from './challenge-lookups'
+import { ChallengeLookups, type Refusal } from './challenge-lookups'
 
 /** The challenge types the issuer can complete (options.challenges). */
 export type ChallengeType = 'http-01' | 'tls-alpn-01'
@@ -34,7 +34,7 @@ interface Pending {
  * or a refusal because too many store lookups are waiting on its connection
  * or in the whole instance (CHALLENGE_LOOKUP_LIMITS).
  */
-export type Http01Answer = { keyAuthorization: string } | { refused: 'connection' | 'instance' } | undefined
+export type Http01Answer = { keyAuthorization: string } | { refused: Refusal } | undefined
 
 /**
  * HTTP-01 key authorizations. They are written to the store before the CA is

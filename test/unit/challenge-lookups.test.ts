@@ -19,7 +19,7 @@ function manualReads (): { read: (key: string) => Promise<string | undefined>, k
   }
 }
 
-const limits = { ...CHALLENGE_LOOKUP_LIMITS, perConnection: 2, inFlight: 3, unknownTtl: 1000, unknownMax: 3, failureLogInterval: 5000 }
+const limits = { ...CHALLENGE_LOOKUP_LIMITS, perConnection: 2, resetAfter: 2, inFlight: 3, unknownTtl: 1000, unknownMax: 3, failureLogInterval: 5000 }
 
 t.test('per connection, then per instance: a lookup over a limit is refused at once, one sharing a read is not', async (t) => {
   const reads = manualReads()
@@ -28,6 +28,8 @@ t.test('per connection, then per instance: a lookup over a limit is refused at o
   const b = {}
   const first = [lookups.lookup('k1', a), lookups.lookup('k2', a)]
   t.same(await lookups.lookup('k3', a), { refused: 'connection' }, 'a third lookup on one connection')
+  t.same(await lookups.lookup('k3', a), { refused: 'connection' })
+  t.same(await lookups.lookup('k3', a), { refused: 'reset' }, 'past resetAfter refusals, the connection is to be reset')
   const second = lookups.lookup('k3', b)
   t.same(await lookups.lookup('k4', b), { refused: 'instance' }, 'a fourth read in flight')
   const shared = lookups.lookup('k1', b)
@@ -41,6 +43,11 @@ t.test('per connection, then per instance: a lookup over a limit is refused at o
   t.same(reads.keys.at(-1), 'k1', 'a found value is read again: only absence is remembered')
   reads.end('k1', 'v1')
   t.same(await again, { value: 'v1' }, 'the connection is free again once its lookups ended')
+  const next = [lookups.lookup('k1', a), lookups.lookup('k2', a)]
+  t.same(await lookups.lookup('k3', a), { refused: 'connection' }, 'and its count of refusals starts again')
+  reads.end('k1')
+  reads.end('k2')
+  await Promise.all(next)
 })
 
 t.test('unknown keys are remembered for unknownTtl, at most unknownMax of them, oldest first out', async (t) => {
