@@ -1,5 +1,5 @@
 /*
- * `npm run bench`: every figure of issue 5 against a baseline measured in the
+ * `npm run bench`: every figure of issue 5, and the challenge flood (6), against a baseline measured in the
  * same run, on real Pebble and Azurite started here on free 127.0.0.1 ports.
  * Prints one table on stdout (progress and notes go to stderr).
  *
@@ -12,6 +12,7 @@
 import { execFileSync } from 'node:child_process'
 import os from 'node:os'
 import { coldStart } from './cold-start'
+import { challengeFlood } from './challenge-flood'
 import { Services, log, readSettings, type Figure, type Notes, type Row } from './common'
 import { concurrency } from './concurrency'
 import { firstCertificate } from './first-certificate'
@@ -23,7 +24,8 @@ const FIGURES: Record<number, Figure> = {
   2: coldStart,
   3: firstCertificate,
   4: scanCost,
-  5: concurrency
+  5: concurrency,
+  6: challengeFlood
 }
 
 async function main (): Promise<number> {
@@ -37,7 +39,7 @@ async function main (): Promise<number> {
   try {
     for (const n of [...settings.figures].sort()) {
       const figure = FIGURES[n]
-      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (1 to 5)`)
+      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (1 to 6)`)
       log(`figure ${n}...`)
       const t0 = performance.now()
       try {

@@ -1,7 +1,9 @@
 // The core both front ends share (createAutocert): builds the store, issuer, challenges and manager, and answers HTTP-01, TLS-ALPN-01 and SNI.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Http2ServerRequest } from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import type { SecureContext, TLSSocket } from 'node:tls'
+import { CHALLENGE_LOOKUP_LIMITS } from './acme/challenge-lookups'
 import { Http01Challenges } from './acme/challenges'
 import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
@@ -33,6 +35,18 @@ export const HTTP01_LIMITS = {
   connectionsCheckingInterval: 1_000,
   maxConnections: 1_000
 } as const
+
+/**
+ * A challenge request's answer, as every path sends it: the key authorization
+ * (200), none (404), too many lookups waiting on the connection (429) or in the
+ * instance (503), or a store failure (503). `headers` come on top of the
+ * content type.
+ */
+export interface ChallengeReply {
+  status: 200 | 404 | 429 | 503
+  body: string
+  headers: Record<string, string>
+}
 
 /** A certificate as the API shows it: the chain, never the private key. */
 export interface CertificateInfo {
@@ -140,7 +154,7 @@ export class AutocertCore implements AutocertServer {
     this.ALPNCallback = alpnCallback(protocols)
     this.middleware = (req, res, next) => {
       const token = challengeToken(req)
-      if (token !== undefined) void this.#answer(token, req.headers.host, res)
+      if (token !== undefined) void this.#answer(token, req, res)
       else if (next !== undefined) next()
       else res.writeHead(404, { 'content-type': 'text/plain' }).end('Not Found')
     }
@@ -197,15 +211,35 @@ export class AutocertCore implements AutocertServer {
     await this.#store.close()
   }
 
-  /** The answer to a challenge request: 200 with the key authorization, 404, or 503 when the store fails. */
-  async answerChallenge (token: string, host: string | undefined): Promise<{ status: number, body: string }> {
+  /**
+   * The answer to a challenge request `req` for `token` with the Host header
+   * `host`, within CHALLENGE_LOOKUP_LIMITS. A refused request's HTTP/1
+   * connection is closed after the answer (HTTP/2 has no such header); one
+   * that asks too much at once is read no further meanwhile, and reset if it
+   * goes on.
+   */
+  async answerChallenge (token: string, host: string | undefined, req: IncomingMessage | Http2ServerRequest): Promise<ChallengeReply> {
+    let answer
     try {
-      const answer = await this.#http01.answer(token, host)
-      return answer === undefined ? { status: 404, body: 'Not Found' } : { status: 200, body: answer }
-    } catch (err) {
-      this.#log.error({ error: errorFields(err) }, 'ACME challenge lookup failed')
-      return { status: 503, body: 'Service Unavailable' }
+      answer = await this.#http01.answer(token, host, connectionOf(req))
+    } catch {
+      // Logged by the lookups, once per burst of failures.
+      return { status: 503, body: 'Service Unavailable', headers: {} }
     }
+    if (answer === undefined) return { status: 404, body: 'Not Found', headers: {} }
+    if ('keyAuthorization' in answer) return { status: 200, body: answer.keyAuthorization, headers: {} }
+    const http1 = req.httpVersionMajor < 2
+    const close: Record<string, string> = http1 ? { connection: 'close' } : {}
+    if (answer.refused === 'instance') {
+      return { status: 503, body: 'Service Unavailable', headers: { ...close, 'retry-after': String(CHALLENGE_LOOKUP_LIMITS.retryAfter) } }
+    }
+    // The 429 waits for the answers pipelined before it, and so does every request Node has
+    // parsed after it: stop reading (Node would parse the next 64 KiB read, 500 requests more
+    // of a flood), and reset a connection that pipelined far past its 429 (what it sent is dropped).
+    // Over HTTP/2 each stream is answered at once.
+    if (http1 && answer.refused === 'reset') req.socket.destroy()
+    else if (http1) req.socket.pause()
+    return { status: 429, body: 'Too Many Requests', headers: close }
   }
 
   /** The TLS-ALPN-01 challenge certificate for the CA's acme-tls/1 connection; a rejection fails the handshake. */
@@ -221,9 +255,9 @@ export class AutocertCore implements AutocertServer {
     return context
   }
 
-  async #answer (token: string, host: string | undefined, res: ServerResponse): Promise<void> {
-    const answer = await this.answerChallenge(token, host)
-    res.writeHead(answer.status, { 'content-type': 'text/plain; charset=utf-8' }).end(answer.body)
+  async #answer (token: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const answer = await this.answerChallenge(token, req.headers.host, req)
+    res.writeHead(answer.status, { 'content-type': 'text/plain; charset=utf-8', ...answer.headers }).end(answer.body)
   }
 
   /** autocert's HTTPHandler(nil): challenges are answered, GET and HEAD go to https, the rest is refused. */
@@ -232,7 +266,7 @@ export class AutocertCore implements AutocertServer {
     const server = createServer(timeouts, (req, res) => {
       const token = challengeToken(req)
       if (token !== undefined) {
-        void this.#answer(token, req.headers.host, res)
+        void this.#answer(token, req, res)
         return
       }
       const host = normalizeName((req.headers.host ?? '').replace(/:\d+$/, ''))
@@ -253,6 +287,11 @@ export class AutocertCore implements AutocertServer {
     this.#log.info({ address: server.address() }, 'HTTP-01 listener started')
     return server
   }
+}
+
+/** The client connection a request came on: its socket, or over HTTP/2 its session (each stream has a socket of its own). */
+function connectionOf (req: IncomingMessage | Http2ServerRequest): object {
+  return 'stream' in req ? (req.stream.session ?? req.stream) : req.socket
 }
 
 /** The token of a challenge request (GET or HEAD under CHALLENGE_PATH), else undefined. */

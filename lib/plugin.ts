@@ -78,8 +78,8 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
     method: ['GET', 'HEAD'],
     url: `${CHALLENGE_PATH}*`,
     handler: async (request, reply) => {
-      const answer = await core.answerChallenge(request.params['*'], request.host)
-      return reply.code(answer.status).type('text/plain').send(answer.body)
+      const answer = await core.answerChallenge(request.params['*'], request.host, request.raw)
+      return reply.code(answer.status).headers(answer.headers).type('text/plain').send(answer.body)
     }
   })
 

@@ -5,6 +5,7 @@ import { normalizeName } from '../names'
 import { CorruptLog } from '../store/corrupt-log'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore } from '../store/store'
+import { ChallengeLookups, type Refusal } from './challenge-lookups'
 
 /** The challenge types the issuer can complete (options.challenges). */
 export type ChallengeType = 'http-01' | 'tls-alpn-01'
@@ -30,6 +31,13 @@ interface Pending {
 }
 
 /**
+ * What a challenge request gets: the key authorization, nothing (undefined),
+ * or a refusal because too many store lookups are waiting on its connection
+ * or in the whole instance (CHALLENGE_LOOKUP_LIMITS).
+ */
+export type Http01Answer = { keyAuthorization: string } | { refused: Refusal } | undefined
+
+/**
  * HTTP-01 key authorizations. They are written to the store before the CA is
  * asked to validate, so whichever instance the CA's request lands on can answer.
  */
@@ -38,17 +46,21 @@ export class Http01Challenges implements ChallengeSolver {
   readonly #store: CertStore
   // Answers this instance published: served without a store round trip.
   readonly #local = new Map<string, Pending>()
+  // Answers other instances published: read from the store within the limits.
+  readonly #lookups: ChallengeLookups<Pending>
   // An unusable stored answer is asked for at every request of its token: logged once.
   readonly #corrupt: CorruptLog
 
   constructor (store: CertStore, log: Logger) {
     this.#store = store
+    this.#lookups = new ChallengeLookups((token) => this.#stored(token), log)
     this.#corrupt = new CorruptLog(log, 'ignoring unusable stored HTTP-01 answer')
   }
 
   async publish (authz: Authorization, { token }: { token: string }, keyAuthorization: string): Promise<void> {
     const pending: Pending = { domain: authz.identifier.value, keyAuthorization }
     this.#local.set(token, pending)
+    this.#lookups.forget(token)
     await this.#store.put(storeKeys.http01(token), JSON.stringify(pending))
   }
 
@@ -58,18 +70,25 @@ export class Http01Challenges implements ChallengeSolver {
   }
 
   /**
-   * The key authorization for `token` requested with the Host header `host`,
-   * or undefined. Malformed tokens and hosts never reach the store; a token
-   * answers only for the name it was issued for (certmagic's rule). An
-   * unusable stored answer (over storeLimits.http01, or not the JSON publish()
-   * writes) is no answer.
+   * The key authorization for `token` requested with the Host header `host`
+   * on `connection` (its socket, or HTTP/2 session), or undefined. Malformed
+   * tokens and hosts never reach the store, nor do this instance's own
+   * answers; a token answers only for the name it was issued for (certmagic's
+   * rule). An unusable stored answer (over storeLimits.http01, or not the JSON
+   * publish() writes) is no answer. Rejects when the store fails.
    */
-  async answer (token: string, host: string | undefined): Promise<string | undefined> {
+  async answer (token: string, host: string | undefined, connection: object): Promise<Http01Answer> {
     const domain = normalizeName((host ?? '').replace(/:\d{1,5}$/, ''))
     if (!TOKEN.test(token) || domain === undefined) return undefined
-    const pending = this.#local.get(token) ??
-      await readRecord(this.#store, storeKeys.http01(token), storeLimits.http01, parse, this.#corrupt)
-    return pending?.domain === domain ? pending.keyAuthorization : undefined
+    const local = this.#local.get(token)
+    const found = local === undefined ? await this.#lookups.lookup(token, connection) : { value: local }
+    if ('refused' in found) return found
+    const pending = found.value
+    return pending?.domain === domain ? { keyAuthorization: pending.keyAuthorization } : undefined
+  }
+
+  async #stored (token: string): Promise<Pending | undefined> {
+    return await readRecord(this.#store, storeKeys.http01(token), storeLimits.http01, parse, this.#corrupt)
   }
 }
 
