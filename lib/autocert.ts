@@ -137,7 +137,7 @@ export class AutocertCore implements AutocertServer {
     // Any well-formed host is looked up, listed here or not: instances of a fleet
     // may list different names, and the CA's request may reach any of them.
     this.#http01 = new Http01Challenges(store, log)
-    this.#tlsAlpn01 = new TlsAlpn01Challenges(store)
+    this.#tlsAlpn01 = new TlsAlpn01Challenges(store, log)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
     const { directoryUrl, email, externalAccountBinding } = opts
     const locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
@@ -146,9 +146,9 @@ export class AutocertCore implements AutocertServer {
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
     this.manager = new CertificateManager({ ...settings, store, issuer, log })
     const { manager } = this
-    const validation = (servername: string): Promise<SecureContext> => this.#validation(servername)
+    const validation = (servername: string, socket: TLSSocket): Promise<SecureContext> => this.#validation(servername, socket)
     this.SNICallback = function (servername, cb) {
-      if (isValidation(this)) validation(servername).then((ctx) => cb(null, ctx), cb)
+      if (isValidation(this)) validation(servername, this).then((ctx) => cb(null, ctx), cb)
       else manager.resolve(servername, cb, this)
     }
     this.ALPNCallback = alpnCallback(protocols)
@@ -242,15 +242,9 @@ export class AutocertCore implements AutocertServer {
     return { status: 429, body: 'Too Many Requests', headers: close }
   }
 
-  /** The TLS-ALPN-01 challenge certificate for the CA's acme-tls/1 connection; a rejection fails the handshake. */
-  async #validation (servername: string): Promise<SecureContext> {
-    let context: SecureContext | undefined
-    try {
-      context = await this.#tlsAlpn01.context(servername)
-    } catch (err) {
-      this.#log.error({ error: errorFields(err) }, 'ACME challenge lookup failed')
-      throw err
-    }
+  /** The TLS-ALPN-01 challenge certificate for the CA's acme-tls/1 connection; a rejection fails the handshake (a store failure is logged by the lookups, once per interval). */
+  async #validation (servername: string, socket: TLSSocket): Promise<SecureContext> {
+    const context = await this.#tlsAlpn01.context(servername, socket)
     if (context === undefined) throw new FST_AUTOCERT_NO_CHALLENGE()
     return context
   }

@@ -110,3 +110,8 @@ export const FST_AUTOCERT_STORE_FAILED = createError<[string, string]>(
   'FST_AUTOCERT_STORE_FAILED',
   'the certificate store failed to %s: %s',
   503)
+
+export const FST_AUTOCERT_CHALLENGE_BUSY = createError(
+  'FST_AUTOCERT_CHALLENGE_BUSY',
+  'an acme-tls/1 connection was refused: too many challenge lookups in flight (CHALLENGE_LOOKUP_LIMITS.inFlight)',
+  503)

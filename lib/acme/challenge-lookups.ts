@@ -135,6 +135,7 @@ export class ChallengeLookups<T> {
   }
 
   #remember (key: string): void {
+    if (this.#limits.unknownTtl <= 0) return
     const now = this.#clock.now()
     for (const [oldest, until] of this.#unknown) {
       if (until > now && this.#unknown.size < this.#limits.unknownMax) break

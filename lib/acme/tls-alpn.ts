@@ -2,9 +2,13 @@
 import type { SecureContext, TLSSocket } from 'node:tls'
 import * as acme from 'acme-client'
 import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'
+import { FST_AUTOCERT_CHALLENGE_BUSY } from '../errors'
+import type { Logger } from '../events'
 import { normalizeName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
-import { readBounded, type CertStore } from '../store/store'
+import { CorruptLog } from '../store/corrupt-log'
+import { isCorrupt, readBounded, type CertStore } from '../store/store'
+import { CHALLENGE_LOOKUP_LIMITS, ChallengeLookups } from './challenge-lookups'
 import type { ChallengeSolver } from './challenges'
 
 /** The ALPN protocol of RFC 8737: the CA validating offers it, alone. */
@@ -59,8 +63,17 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   // waits here, or the late delete would remove the new certificate.
   readonly #withdrawing = new Map<string, Promise<void>>()
 
-  constructor (store: CertStore) {
+  // Challenges other instances published: read from the store within CHALLENGE_LOOKUP_LIMITS.inFlight.
+  // Names are never remembered as unknown, unlike HTTP-01 tokens: a name is no
+  // secret, and anyone could keep it "unknown" on every instance just before the CA asks.
+  readonly #lookups: ChallengeLookups<SecureContext>
+  // An unusable stored challenge is asked for at every acme-tls/1 connection for its name: logged once.
+  readonly #corrupt: CorruptLog
+
+  constructor (store: CertStore, log: Logger) {
     this.#store = store
+    this.#corrupt = new CorruptLog(log, 'ignoring unusable stored TLS-ALPN-01 challenge')
+    this.#lookups = new ChallengeLookups((name) => this.#stored(name), log, { ...CHALLENGE_LOOKUP_LIMITS, unknownTtl: 0 })
   }
 
   async publish (authz: acme.Authorization, _challenge: { token: string }, keyAuthorization: string): Promise<void> {
@@ -88,16 +101,35 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   /**
    * The context that answers the CA's acme-tls/1 connection for `servername`,
    * or undefined when no challenge is pending for it. Malformed names never
-   * reach the store; a stored certificate is checked against the name
-   * (FST_AUTOCERT_CORRUPT otherwise); a store failure rejects.
+   * reach the store, nor does a challenge this instance published; the
+   * store's reads are shared by the connections asking for one name at once,
+   * and refused past CHALLENGE_LOOKUP_LIMITS.inFlight (FST_AUTOCERT_CHALLENGE_BUSY).
+   * A stored certificate that is not one for the name (over its size limit,
+   * not PEM, another name's) is no challenge, and logged once; a store failure
+   * rejects (logged once per interval by the lookups).
    */
-  async context (servername: string): Promise<SecureContext | undefined> {
+  async context (servername: string, connection: object): Promise<SecureContext | undefined> {
     const name = normalizeName(servername)
     if (name === undefined) return undefined
     const local = this.#local.get(name)
     if (local !== undefined) return local
-    const data = await readBounded(this.#store, storeKeys.tlsAlpn01(name), storeLimits.tlsAlpn01)
-    return data === undefined ? undefined : contextOf(name, data)
+    const found = await this.#lookups.lookup(name, connection)
+    if ('refused' in found) throw new FST_AUTOCERT_CHALLENGE_BUSY()
+    return found.value
+  }
+
+  async #stored (name: string): Promise<SecureContext | undefined> {
+    const key = storeKeys.tlsAlpn01(name)
+    try {
+      const data = await readBounded(this.#store, key, storeLimits.tlsAlpn01)
+      const context = data === undefined ? undefined : contextOf(name, data)
+      this.#corrupt.usable(key)
+      return context
+    } catch (err) {
+      if (!isCorrupt(err)) throw err
+      this.#corrupt.report(key, err)
+      return undefined
+    }
   }
 }
 
