@@ -8,16 +8,16 @@ import { Http01Challenges } from './acme/challenges'
 import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
 import type { Certificate } from './certificate'
+import { systemClock } from './clock'
 import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
 import { errorFields, type AutocertEvents, type DomainStatus, type Logger } from './events'
-import { systemClock } from './clock'
 import { FleetLocks } from './fleet/locks'
 import { CertificateManager, MANAGER_SETTINGS } from './manager'
 import { normalizeName } from './names'
 import { validate, type AutocertOptions, type Settings } from './options'
 import { buildStore, type BuiltStore } from './store/build'
-import { EncryptedStore } from './store/encrypted'
 import { storeKeys, storeLimits } from './store/keys'
+import type { Lock } from './store/store'
 
 export const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
@@ -125,6 +125,7 @@ export class AutocertCore implements AutocertServer {
   readonly #store: BuiltStore
   readonly #http01: Http01Challenges
   readonly #tlsAlpn01: TlsAlpn01Challenges
+  readonly #locks: FleetLocks
   #server: { address (): AddressInfo | string | null } | undefined
   #companion: Server | undefined
 
@@ -140,7 +141,7 @@ export class AutocertCore implements AutocertServer {
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store, log)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
     const { directoryUrl, email, externalAccountBinding } = opts
-    const locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
+    const locks = this.#locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
     const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, store, locks, solvers: opts.challenges.map((type) => solvers[type]) })
     // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
@@ -183,10 +184,12 @@ export class AutocertCore implements AutocertServer {
   }
 
   async ready (): Promise<void> {
-    // The account key is written once: after a key rotation it must be sealed anew.
-    const { store } = this.#store
-    if (store instanceof EncryptedStore) {
-      await store.reseal(storeKeys.account, { maxBytes: storeLimits.account }).catch((err: unknown) => {
+    // The account key is written once: after a key rotation it must be sealed anew,
+    // under the account's lock as the fleet takes it (its deadline included).
+    const { sealed } = this.#store
+    if (sealed !== undefined) {
+      const lock = (key: string): Promise<Lock> => this.#locks.take(key, new AbortController().signal)
+      await sealed.reseal(storeKeys.account, { maxBytes: storeLimits.account, lock }).catch((err: unknown) => {
         this.#log.warn({ error: errorFields(err) }, 'could not re-seal the account key')
       })
     }

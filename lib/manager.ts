@@ -413,19 +413,32 @@ export class CertificateManager {
     const refusal = force ? undefined : this.#refusal(slot)
     if (refusal !== undefined) throw refusal
     const had = slot.cert
-    // The account lookup (CA round trips) overlaps the wait for the lock. Its
-    // failure is issue()'s to report (an order failure), except a lock given up on.
-    const prepared = issuer.prepare?.(this.#onLockWait(slot, 'account')).then(() => undefined, (err: unknown) => err)
+    // Waits for locks are this order's to report while it runs (the account's lookup may outlast it).
+    let running = true
+    const reporter = (kind: LockKind): ((holder: string | undefined) => void) => {
+      const report = this.#onLockWait(slot, kind)
+      return (holder) => { if (running) report(holder) }
+    }
+    // The account lookup (CA round trips) overlaps the wait for the name's lock.
+    const prepared = issuer.prepare?.(reporter('account')).then(() => undefined, (err: unknown) => err)
     const lock = await this.#nameLock(slot)
     let issued: Certificate | undefined
-    // A first certificate has a handshake waiting: the budget's claim is opened while
-    // the name's records are read, a few round trips less before the CA is asked
-    // (and a few store calls more when the records show no order is needed).
-    // Renewals wait in the background and open it only to order. Either way the
-    // name's lock is taken first, so the two locks cannot deadlock.
-    const onBudgetWait = this.#onLockWait(slot, 'order-log')
-    let claim: BudgetClaim | undefined = had === undefined ? this.#budget.open(onBudgetWait) : undefined
+    let claim: BudgetClaim | undefined
+    const onBudgetWait = reporter('order-log')
     try {
+      // The account is ready (or failed) before the budget's lock is asked for: that
+      // lock is the fleet's, never held while the CA is slow. The CA's answers also
+      // tell whether this clock may write the fleet's order log.
+      const unprepared = await untilAborted(prepared ?? Promise.resolve(undefined), closing)
+      this.#waited(slot, 'account')
+      if (errorCode(unprepared) === 'FST_AUTOCERT_LOCK_TIMEOUT') throw unprepared
+      const skew = this.#clockSkew()
+      // A first certificate has a handshake waiting: the budget's claim is opened while
+      // the name's records are read, a few round trips less before the CA is asked
+      // (and a few store calls more when the records show no order is needed).
+      // Renewals wait in the background and open it only to order. Either way the
+      // name's lock is taken first, so the two locks cannot deadlock.
+      if (had === undefined && unprepared === undefined && skew === undefined) claim = this.#budget.open(onBudgetWait)
       // Another instance may have obtained it while we waited for the lock, or failed.
       const [stored, failure] = await Promise.all([
         this.#read(slot),
@@ -437,12 +450,10 @@ export class CertificateManager {
         return stored
       }
       if (!force) this.#honourFailures(slot, failure)
+      // No account, no order: a failure of the order's (the fleet's backoff), with no budget spent on it.
+      if (unprepared !== undefined) throw await this.#orderFailed(slot, unprepared, lock.signal)
+      if (skew !== undefined) throw this.#clockRefusal(slot, skew)
       claim ??= this.#budget.open(onBudgetWait)
-      // The CA has answered once the account is ready: its Date says whether this clock can be trusted with the fleet's log.
-      const unprepared = await prepared
-      this.#waited(slot, 'account')
-      if (errorCode(unprepared) === 'FST_AUTOCERT_LOCK_TIMEOUT') throw unprepared
-      this.#checkClock(slot)
       const budget = await claim.spend().finally(() => { this.#waited(slot, 'order-log') })
       if (!budget.spent) this.#budgetSpent(slot, budget.retryAt)
 
@@ -458,8 +469,7 @@ export class CertificateManager {
         issued = decodeBundle(name, slot.key, bundle)
       } catch (err) {
         if (closing.aborted) throw closing.reason
-        await this.#recordFailure(slot, err, lock.signal)
-        throw Object.assign(new FST_AUTOCERT_ORDER_FAILED(name, errorMessage(err)), { cause: err })
+        throw await this.#orderFailed(slot, err, lock.signal)
       }
       // Served from now on, whatever happens to the write.
       this.#adopt(slot, issued)
@@ -483,8 +493,9 @@ export class CertificateManager {
       this.#schedule(slot, this.#clock.now() + retryDelay(1, this.#opts.retryDelays))
       return issued
     } finally {
-      slot.waiting = undefined
+      running = false
       await Promise.all([lock.release(), claim?.release()])
+      slot.waiting = undefined
     }
   }
 
@@ -528,16 +539,20 @@ export class CertificateManager {
     }
   }
 
+  /** How far this clock is off the CA's (ms), when that is beyond CLOCK_TOLERANCE; undefined when it is not (or not known). */
+  #clockSkew (): number | undefined {
+    const offset = this.#opts.issuer.clockOffset?.()
+    return offset === undefined || Math.abs(offset) <= CLOCK_TOLERANCE ? undefined : offset
+  }
+
   /**
    * An instance whose clock is far off the CA's must not order: its entry in
    * the fleet's order log would be out of place (a clock ahead postpones
    * everyone's orders, one behind counts for nothing), and the certificate it
-   * got would look due or expired at once. Says so loudly, and looks again
-   * after CLOCK_RECHECK.
+   * got would look due or expired at once. Says so loudly, holds the slot and
+   * returns the refusal; the clock is looked at again after CLOCK_RECHECK.
    */
-  #checkClock (slot: Slot): void {
-    const offset = this.#opts.issuer.clockOffset?.()
-    if (offset === undefined || Math.abs(offset) <= CLOCK_TOLERANCE) return
+  #clockRefusal (slot: Slot, offset: number): Error {
     const now = this.#clock.now()
     if (now - this.#clockLoggedAt >= CLOCK_RECHECK) {
       this.#clockLoggedAt = now
@@ -546,7 +561,7 @@ export class CertificateManager {
     }
     const refusal = this.#hold(slot, now + CLOCK_RECHECK, 'clock', { offset })
     slot.lastError = { message: refusal.message, at: now }
-    throw refusal
+    return refusal
   }
 
   /**
@@ -578,11 +593,13 @@ export class CertificateManager {
     throw this.#hold(slot, retryAt, 'budget', { retryAt: slot.site.onDemand ? budgetRetryTime(retryAt) : retryAt })
   }
 
-  async #recordFailure (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<void> {
+  /** Records a failed order for the fleet (its backoff) and returns the error its callers get. */
+  async #orderFailed (slot: Slot, err: unknown, lockSignal: AbortSignal): Promise<Error> {
     const { failures, retryAt } = await this.#failures.record(slot.key, err, lockSignal)
     this.#fail(slot, err, retryAt)
     this.#hold(slot, retryAt, 'failures')
     this.#opts.log.error({ domain: slot.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
+    return Object.assign(new FST_AUTOCERT_ORDER_FAILED(slot.name, errorMessage(err)), { cause: err })
   }
 
   #adopt (slot: Slot, cert: Certificate): void {

@@ -1,11 +1,12 @@
-// Bounds the store reads that HTTP-01 challenge requests cause: a flood of tokens is answered, never queued.
+// Bounds the store reads that challenge requests cause (HTTP-01 tokens, TLS-ALPN-01 names): a flood is answered, never queued.
 import { systemClock, type Clock } from '../clock'
 import { errorFields, type Logger } from '../events'
 
 /**
  * Limits of the store lookups behind `/.well-known/acme-challenge/<token>`, on
  * every path that answers it (the Fastify route, `middleware`, the `http01`
- * listener). Anyone on the internet can send well-formed tokens; without them
+ * listener), and, with its own instance and no memory of unknown names, behind
+ * acme-tls/1 connections (TLS-ALPN-01). Anyone on the internet can send well-formed tokens; without them
  * each one is a store read (billable) held in memory until it ends, as many at
  * once as a client pipelines. A CA sends one GET per validation, on a
  * connection of its own, for a token this instance or another of the fleet

@@ -7,7 +7,7 @@ import type { Logger } from '../events'
 import { normalizeName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { CorruptLog } from '../store/corrupt-log'
-import { isCorrupt, readBounded, type CertStore } from '../store/store'
+import { readRecord, type CertStore } from '../store/store'
 import { CHALLENGE_LOOKUP_LIMITS, ChallengeLookups } from './challenge-lookups'
 import type { ChallengeSolver } from './challenges'
 
@@ -119,17 +119,7 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   }
 
   async #stored (name: string): Promise<SecureContext | undefined> {
-    const key = storeKeys.tlsAlpn01(name)
-    try {
-      const data = await readBounded(this.#store, key, storeLimits.tlsAlpn01)
-      const context = data === undefined ? undefined : contextOf(name, data)
-      this.#corrupt.usable(key)
-      return context
-    } catch (err) {
-      if (!isCorrupt(err)) throw err
-      this.#corrupt.report(key, err)
-      return undefined
-    }
+    return await readRecord(this.#store, storeKeys.tlsAlpn01(name), storeLimits.tlsAlpn01, (data) => contextOf(name, data), this.#corrupt)
   }
 }
 

@@ -4,6 +4,7 @@ import type { Logger } from '../events'
 import { CorruptLog } from '../store/corrupt-log'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore, type Lock } from '../store/store'
+import { linkSignals } from '../signals'
 import { LockQueue } from './lock-queue'
 import type { FleetLocks, TakeOptions } from './locks'
 
@@ -18,9 +19,9 @@ export const CLOCK_TOLERANCE = 5 * 60_000
 
 /**
  * Orders the log can hold within storeLimits.orderLog (14 bytes each: 13 digits
- * and a comma, plus the brackets): 4,681. A larger log would be read as unusable,
- * that is as no orders at all, so the fleet's budget is at most this whatever
- * maxOrdersPerHour says.
+ * and a comma, plus the brackets): 4,681. The plugin never writes a larger log
+ * (one would be read as unusable, that is as empty), so the fleet's budget is at
+ * most this whatever maxOrdersPerHour says.
  */
 export const ORDER_LOG_CAPACITY = Math.floor((storeLimits.orderLog - 1) / 14)
 
@@ -64,13 +65,28 @@ export class OrderBudget {
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
   open (onWait?: TakeOptions['onWait']): BudgetClaim {
     const refused = (retryAt: number): void => { this.#spentUntil = Math.max(this.#spentUntil, retryAt) }
-    const opened = this.#opts.clock.now() < this.#spentUntil ? Promise.resolve({ spentUntil: this.#spentUntil }) : this.#lockAndRead(onWait)
-    return new BudgetClaim(opened, this.#opts, refused)
+    // A claim released before it was spent stops waiting for the lock.
+    const abandon = new AbortController()
+    const opened = this.#opts.clock.now() < this.#spentUntil ? Promise.resolve({ spentUntil: this.#spentUntil }) : this.#lockAndRead(onWait, abandon.signal)
+    return new BudgetClaim(opened, this.#opts, refused, abandon)
   }
 
-  async #lockAndRead (onWait: TakeOptions['onWait']): Promise<Opened> {
+  async #lockAndRead (onWait: TakeOptions['onWait'], abandoned: AbortSignal): Promise<Opened> {
     const { store, locks, closing, clock } = this.#opts
-    const lock = await locks.take(storeKeys.orderLog, closing, { queue: this.#queue, onWait })
+    const signal = linkSignals(closing, abandoned)
+    let spentUntil: number | undefined
+    const lock = await this.#queue.take(async () => {
+      // A claim queued in this process behind the refusal that taught it: no store call.
+      if (clock.now() < this.#spentUntil) {
+        spentUntil = this.#spentUntil
+        return NO_LOCK
+      }
+      return await locks.take(storeKeys.orderLog, signal.signal, { onWait })
+    }, signal.signal).finally(signal.dispose)
+    if (spentUntil !== undefined) {
+      await lock.release()
+      return { spentUntil }
+    }
     try {
       const now = clock.now()
       // Unusable, it counts as empty and is rewritten at the next order.
@@ -86,6 +102,9 @@ export class OrderBudget {
   }
 }
 
+/** What a claim holds when the budget is known spent: no lock at all. */
+const NO_LOCK: Lock = { signal: new AbortController().signal, release: async () => {} }
+
 /** A claim's lock and the log it read, or (no lock taken) the time until which the budget is known to be spent. */
 type Opened = {
   lock: Lock
@@ -98,11 +117,13 @@ export class BudgetClaim {
   readonly #opened: Promise<Opened>
   readonly #opts: OrderBudgetOptions
   readonly #refused: (retryAt: number) => void
+  readonly #abandon: AbortController
 
-  constructor (opened: Promise<Opened>, opts: OrderBudgetOptions, refused: (retryAt: number) => void) {
+  constructor (opened: Promise<Opened>, opts: OrderBudgetOptions, refused: (retryAt: number) => void, abandon: AbortController) {
     this.#opened = opened
     this.#opts = opts
     this.#refused = refused
+    this.#abandon = abandon
     // Whoever spends it gets the rejection; nobody may, when the order turns out not to be needed.
     opened.catch(() => {})
   }
@@ -133,8 +154,9 @@ export class BudgetClaim {
     }
   }
 
-  /** Releases the budget's lock (once it has been taken); never throws, releasing twice is a no-op. */
+  /** Releases the budget's lock, or stops waiting for it when it is not taken yet; never throws, releasing twice is a no-op. */
   async release (): Promise<void> {
+    this.#abandon.abort(new Error('the order log\'s claim was released unspent'))
     await this.#opened.then((opened) => 'lock' in opened ? opened.lock.release() : undefined, () => {})
   }
 }
@@ -143,7 +165,8 @@ export class BudgetClaim {
 function parseOrderLog (data: Buffer): number[] | undefined {
   try {
     const log: unknown = JSON.parse(data.toString('utf8'))
-    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)) : undefined
+    // Whole milliseconds, as written: a log of long fractions would outgrow its limit when rewritten.
+    return Array.isArray(log) ? log.filter((at): at is number => Number.isFinite(at)).map((at) => Math.trunc(at)) : undefined
   } catch {
     return undefined
   }

@@ -2,7 +2,7 @@
 import { timeoutSignal, type Clock } from '../clock'
 import { FST_AUTOCERT_LOCK_TIMEOUT } from '../errors'
 import type { Logger } from '../events'
-import { linkSignals } from '../signals'
+import { linkSignals, untilAborted } from '../signals'
 import type { CertStore, Lock } from '../store/store'
 import type { LockQueue } from './lock-queue'
 
@@ -40,33 +40,46 @@ export class FleetLocks {
     this.#opts = opts
   }
 
-  /** The lock named `key`; rejects with `signal`'s reason when it aborts first, or FST_AUTOCERT_LOCK_TIMEOUT at the deadline. */
+  /**
+   * The lock named `key`; rejects with `signal`'s reason when it aborts first,
+   * or FST_AUTOCERT_LOCK_TIMEOUT at the deadline. The deadline counts from
+   * when the store is asked: a wait in `queue`, behind this process's own
+   * takers (each bounded in turn), is not a wait for another holder.
+   */
   async take (key: string, signal: AbortSignal, { queue, onWait }: TakeOptions = {}): Promise<Lock> {
+    const acquire = (): Promise<Lock> => this.#acquire(key, signal, onWait)
+    return await (queue === undefined ? acquire() : queue.take(acquire, signal))
+  }
+
+  async #acquire (key: string, signal: AbortSignal, onWait: TakeOptions['onWait']): Promise<Lock> {
     const { store, holder, timeout, clock, log } = this.#opts
     const deadline = timeoutSignal(clock, timeout)
     const wait = linkSignals(signal, deadline.signal)
-    // Until the store is asked, the lock is held in this process: by this instance.
-    let seen: string | undefined = `${holder} (this instance)`
-    const acquire = (): Promise<Lock> => {
-      seen = undefined
-      return store.lock(key, wait.signal, {
-        holder,
-        onWait: (current) => {
-          seen = current
-          onWait?.(current)
-        }
-      })
-    }
+    let seen: string | undefined
+    const taking = store.lock(key, wait.signal, {
+      holder,
+      onWait: (current) => {
+        // Written by whoever holds the lock, or by anyone who can write the container: shown as printable text only.
+        seen = current === undefined ? undefined : printableHolder(current)
+        onWait?.(seen)
+      }
+    })
     try {
-      return await (queue === undefined ? acquire() : queue.take(acquire, wait.signal))
+      // Bounded even with a store that does not watch the signal; a lock it grants late is released.
+      return await untilAborted(taking, wait.signal)
     } catch (err) {
-      if (!deadline.signal.aborted || signal.aborted) throw err
-      const timedOut = new FST_AUTOCERT_LOCK_TIMEOUT(key, seen ?? 'an unknown holder', timeout)
+      if (wait.signal.aborted) taking.then((late) => late.release(), () => {})
+      if (err !== deadline.signal.reason || signal.aborted) throw err
       log.warn({ lock: key, holder: seen, waitedMs: timeout }, 'gave up waiting for a lock another holder keeps')
-      throw timedOut
+      throw new FST_AUTOCERT_LOCK_TIMEOUT(key, seen ?? 'an unknown holder', timeout)
     } finally {
       deadline.dispose()
       wait.dispose()
     }
   }
+}
+
+/** A holder as another instance (or a container writer) recorded it: printable ASCII, at most 128 characters, as instanceId is. */
+function printableHolder (holder: string): string {
+  return holder.replace(/[^\x20-\x7e]/g, '?').slice(0, 128)
 }

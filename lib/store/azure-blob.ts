@@ -186,8 +186,9 @@ export class AzureBlobStore implements CertStore {
    * from clients: kept blobs would pile up, one per name ever locked. So lock()
    * first creates the blob (if-none-match: someone else's is fine), then leases it;
    * a waiter whose holder released it finds it gone (404) and creates it again.
-   * Cost of a free lock: 3 operations (create, acquire, delete), where a kept blob
-   * costs 2 (acquire, release) from its second lock on, 4 for its first.
+   * Cost of a free lock: 3 operations (create, acquire, delete), plus the holder's
+   * setMetadata when one is given, where a kept blob cost 2 (acquire, release)
+   * from its second lock on, 4 for its first.
    * A holder that crashed, or could not reach the store to release, leaves its
    * blob: the next lock() of that key takes it over and deletes it.
    */

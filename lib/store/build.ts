@@ -8,6 +8,8 @@ import { isCertStore, type CertStore } from './store'
 /** The store the front ends use, and how to close it. */
 export interface BuiltStore {
   store: CertStore
+  /** The EncryptedStore among them, built from `encryption` or passed as the store, for reseal(). */
+  sealed?: EncryptedStore
   /** Closes what the plugin built (an AzureBlobStore made from options); a store the user passed is theirs to close. */
   close: () => Promise<void>
 }
@@ -20,8 +22,10 @@ export interface BuiltStore {
 export function buildStore ({ store, encryption }: Pick<Settings, 'store' | 'encryption'>): BuiltStore {
   const own = isCertStore(store) ? undefined : new AzureBlobStore(store)
   const base = new CodedStore(own ?? (store as CertStore))
+  const sealed = encryption !== undefined ? new EncryptedStore(base, encryption) : store instanceof EncryptedStore ? store : undefined
   return {
-    store: encryption === undefined ? base : new EncryptedStore(base, encryption),
+    store: encryption === undefined ? base : sealed as EncryptedStore,
+    sealed,
     close: async () => { await own?.close() }
   }
 }

@@ -53,13 +53,14 @@ export class EncryptedStore implements CertStore {
    * Seals `key` again with the current key when it is stored in plain text or
    * under a previous key, under the key's lock. Values the plugin rewrites anyway
    * (certificates, at renewal) need not be resealed; the account key is never
-   * rewritten, so the plugin reseals it at start-up. `options` as for get().
-   * Returns whether it wrote.
+   * rewritten, so the plugin reseals it at start-up. `options` as for get(),
+   * and `lock`, how the key's lock is taken (default: the inner store's
+   * lock(key)). Returns whether it wrote.
    */
-  async reseal (key: string, options: GetOptions = {}): Promise<boolean> {
+  async reseal (key: string, options: GetOptions & { lock?: (key: string) => Promise<Lock> } = {}): Promise<boolean> {
     const raw = await this.#inner.get(key, sealedLimit(options))
     if (raw === undefined || raw.subarray(0, 8).equals(Buffer.concat([MAGIC, this.#current.id]))) return false
-    const lock = await this.#inner.lock(key)
+    const lock = await (options.lock ?? ((k: string) => this.#inner.lock(k)))(key)
     try {
       const value = await this.get(key, options)
       if (value === undefined) return false

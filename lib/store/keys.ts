@@ -46,8 +46,8 @@ export const storeLimits = {
   /**
    * The order log (JSON array of times in ms): 64 KiB, room for 4,681 entries of
    * 14 bytes (13 digits and a comma). It holds the orders of the last hour only,
-   * at most maxOrdersPerHour of them, and a log that would outgrow this limit
-   * counts as a spent budget (ORDER_LOG_CAPACITY).
+   * at most maxOrdersPerHour of them, and the budget is capped so that it never
+   * outgrows this limit (ORDER_LOG_CAPACITY). An unusable log counts as empty.
    */
   orderLog: 64 * 1024,
   /** The ACME account key (PEM): 16 KiB. A P-256 key takes about 240 bytes, an RSA-4096 key about 3.3 KiB. */

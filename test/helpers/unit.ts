@@ -90,6 +90,12 @@ export class LocalIssuer implements CertificateSource {
   backdate = 0
   /** What clockOffset() answers: the CA's clock minus ours (ms). */
   offset: number | undefined
+  /** When set, prepare() (the account lookup) waits for it. */
+  account: Promise<void> | undefined
+
+  async prepare (): Promise<void> {
+    await this.account
+  }
 
   constructor (clock: ManualClock) {
     this.#clock = clock

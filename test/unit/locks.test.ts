@@ -105,3 +105,34 @@ t.test('a handshake waits at most handshakeTimeout: FST_AUTOCERT_HANDSHAKE_TIMEO
   t.notOk(second instanceof Error, 'the next handshake is served by the order the first one started')
   t.equal(issuer.calls.length, 1, 'one order in all')
 })
+
+t.test('close() ends an order waiting for the account at once', async (t) => {
+  const { manager, clock, issuer } = unitManager({ domains: [A] })
+  issuer.account = new Promise(() => {})
+  const order = manager.certificate(A)
+  order.catch(() => {})
+  await clock.advance(1_000)
+  await manager.close()
+  await t.rejects(order, { code: 'FST_AUTOCERT_CLOSED' })
+  t.equal(issuer.calls.length, 0)
+})
+
+t.test('an order that finds the certificate stored meanwhile ends at once, without waiting for the order log\'s lock it had asked for', async (t) => {
+  const store = new MemoryStore()
+  const nameLock = await store.lock(A, undefined, { holder: 'web-2/7' })
+  const logLock = await store.lock(storeKeys.orderLog, undefined, { holder: 'web-2/7' })
+  t.teardown(() => logLock.release())
+  const { manager, clock, issuer } = unitManager({ domains: [A], store })
+  t.teardown(() => manager.close())
+  const order = manager.certificate(A)
+  await clock.advance(1_000)
+  // The other instance stores its certificate and lets the name go; it still holds the order log.
+  const theirs = issuer.ca.issue(A, { notBefore: clock.now(), lifetime: 90 * 86_400_000 })
+  await store.put(A, `${theirs.key.trim()}\n${theirs.chain.trim()}\n`)
+  await nameLock.release()
+  await clock.advance(0)
+  const cert = await order
+  t.equal(cert.chain.trim(), theirs.chain.trim(), 'the stored certificate is adopted')
+  t.equal(issuer.calls.length, 0, 'no order')
+  t.equal(manager.status()[0].waitingFor, undefined, 'and no wait is left reported')
+})
