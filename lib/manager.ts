@@ -14,7 +14,7 @@ import {
 import { CLOCK_TOLERANCE, OrderBudget, type BudgetClaim } from './fleet/budget'
 import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
-import { FleetLocks, type LockKind } from './fleet/locks'
+import { FleetLocks, type LockKind, type LockWaitListener } from './fleet/locks'
 import { normalizeName } from './names'
 import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
@@ -37,7 +37,7 @@ export interface CertificateSource {
    * Gets ready what issue() will need first (the account); resolves when it is.
    * `onLockWait` hears of a wait for a lock another instance holds meanwhile.
    */
-  prepare? (onLockWait?: (holder: string | undefined) => void): Promise<void>
+  prepare? (onLockWait?: LockWaitListener): Promise<void>
   /** The CA's clock minus this machine's (ms), as its last answer showed it; undefined when not known. */
   clockOffset? (): number | undefined
 }
@@ -415,7 +415,7 @@ export class CertificateManager {
     const had = slot.cert
     // Waits for locks are this order's to report while it runs (the account's lookup may outlast it).
     let running = true
-    const reporter = (kind: LockKind): ((holder: string | undefined) => void) => {
+    const reporter = (kind: LockKind): LockWaitListener => {
       const report = this.#onLockWait(slot, kind)
       return (holder) => { if (running) report(holder) }
     }
@@ -462,10 +462,9 @@ export class CertificateManager {
         // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
         const { key, chain } = await untilAborted(issuer.issue(name, slot.type, AbortSignal.any([closing, lock.signal])), closing)
         const bundle = encodeBundle({ key, chain })
+        const size = Buffer.byteLength(bundle)
         // What could not be read back (storeLimits) is not stored: a chain that long is the CA's failure.
-        if (Buffer.byteLength(bundle) > storeLimits.certificate) {
-          throw new Error(`the CA's chain makes a bundle of ${Buffer.byteLength(bundle)} bytes, over the ${storeLimits.certificate} a stored certificate may have`)
-        }
+        if (size > storeLimits.certificate) throw new Error(`the CA's chain makes a bundle of ${size} bytes, over the ${storeLimits.certificate} a stored certificate may have`)
         issued = decodeBundle(name, slot.key, bundle)
       } catch (err) {
         if (closing.aborted) throw closing.reason
@@ -622,7 +621,7 @@ export class CertificateManager {
    */
   async #nameLock (slot: Slot): Promise<Lock> {
     const report = this.#onLockWait(slot, 'name')
-    const onWait = (holder: string | undefined): void => {
+    const onWait: LockWaitListener = (holder) => {
       slot.lockHolder = holder ?? 'unknown'
       report(holder)
     }
@@ -642,7 +641,7 @@ export class CertificateManager {
   }
 
   /** Reports a wait of `slot`'s order for `lock`, held by `holder`: a `lock-wait` event, and status() while it lasts. */
-  #onLockWait (slot: Slot, lock: LockKind): (holder: string | undefined) => void {
+  #onLockWait (slot: Slot, lock: LockKind): LockWaitListener {
     return (holder) => {
       slot.waiting = { lock, holder: holder ?? 'unknown', since: slot.waiting?.lock === lock ? slot.waiting.since : this.#clock.now() }
       this.events.tell('lock-wait', { domain: slot.name, holder, lock })

@@ -85,40 +85,30 @@ t.test('a lease another holder keeps on a name: the handshake fails within hands
   t.ok((await handshake(port, domain, root)).authorized, 'and the name is served')
 })
 
-t.test('a lease another holder keeps on the order log: reported like a name\'s (lock-wait, status()), given up at lockTimeout', async (t) => {
-  const services = await startServices(t)
-  const { azurite, pebble } = services
-  const lease = await foreignLease(azurite.connectionString, 'budgetheld', 'acme_orders+log', 'intruder/2')
-  const { autocert, waits, log } = await core(t, services, 'budgetheld', 'budget-held.example.test')
-  await eventually(() => waits.some((w) => w.lock === 'order-log'))
-  t.same(waits.find((w) => w.lock === 'order-log'), { domain: 'budget-held.example.test', holder: 'intruder/2', lock: 'order-log' }, 'a lock-wait event for the order log, with the name waiting for it')
-  t.match(autocert.status()[0].waitingFor, { lock: 'order-log', holder: 'intruder/2' }, 'status() shows it')
-  await eventually(() => log.lines.some((l) => l.msg === 'gave up waiting for a lock another holder keeps'), 20_000)
-  t.match(log.lines.find((l) => l.msg === 'gave up waiting for a lock another holder keeps'), { level: 'warn', lock: 'acme_orders+log', holder: 'intruder/2' })
-  t.equal(pebble.orderCount(), 0, 'no order without the budget')
+const FLEET_LOCKS = [
+  { lock: 'order-log', key: 'acme_orders+log', container: 'budgetheld', domain: 'budget-held.example.test', holder: 'intruder/2', what: 'the order log', ordered: 'ordered once the log is free' },
+  { lock: 'account', key: 'acme_account+key', container: 'accountheld', domain: 'account-held.example.test', holder: 'intruder/3', what: 'the account key', ordered: 'the account is registered and the name ordered once the lock is free' }
+] as const
 
-  await lease.releaseLease()
-  await eventually(() => autocert.status()[0].serial !== undefined, 30_000)
-  t.equal(pebble.orderCount(), 1, 'ordered once the log is free')
-  t.equal(autocert.status()[0].waitingFor, undefined)
-})
+for (const { lock, key, container, domain, holder, what, ordered } of FLEET_LOCKS) {
+  t.test(`a lease another holder keeps on ${what}: reported like a name's (lock-wait, status()), given up at lockTimeout`, async (t) => {
+    const services = await startServices(t)
+    const { azurite, pebble } = services
+    const lease = await foreignLease(azurite.connectionString, container, key, holder)
+    const { autocert, waits, log } = await core(t, services, container, domain)
+    await eventually(() => waits.some((w) => w.lock === lock))
+    t.same(waits.find((w) => w.lock === lock), { domain, holder, lock }, `a lock-wait event for ${what}, with the name waiting for it`)
+    t.match(autocert.status()[0].waitingFor, { lock, holder }, 'status() shows it')
+    await eventually(() => log.lines.some((l) => l.msg === 'gave up waiting for a lock another holder keeps'), 20_000)
+    t.match(log.lines.find((l) => l.msg === 'gave up waiting for a lock another holder keeps'), { level: 'warn', lock: key, holder })
+    t.equal(pebble.orderCount(), 0, 'no order while it is held')
 
-t.test('a lease another holder keeps on the account key: reported like a name\'s, given up at lockTimeout', async (t) => {
-  const services = await startServices(t)
-  const { azurite, pebble } = services
-  const lease = await foreignLease(azurite.connectionString, 'accountheld', 'acme_account+key', 'intruder/3')
-  const { autocert, waits, log } = await core(t, services, 'accountheld', 'account-held.example.test')
-  await eventually(() => waits.some((w) => w.lock === 'account'))
-  t.same(waits.find((w) => w.lock === 'account'), { domain: 'account-held.example.test', holder: 'intruder/3', lock: 'account' })
-  t.match(autocert.status()[0].waitingFor, { lock: 'account', holder: 'intruder/3' })
-  await eventually(() => log.lines.some((l) => l.msg === 'gave up waiting for a lock another holder keeps'), 20_000)
-  t.match(log.lines.find((l) => l.msg === 'gave up waiting for a lock another holder keeps'), { level: 'warn', lock: 'acme_account+key', holder: 'intruder/3' })
-  t.equal(pebble.orderCount(), 0)
-
-  await lease.releaseLease()
-  await eventually(() => autocert.status()[0].serial !== undefined, 30_000)
-  t.equal(pebble.orderCount(), 1, 'the account is registered and the name ordered once the lock is free')
-})
+    await lease.releaseLease()
+    await eventually(() => autocert.status()[0].serial !== undefined, 30_000)
+    t.equal(pebble.orderCount(), 1, ordered)
+    t.equal(autocert.status()[0].waitingFor, undefined)
+  })
+}
 
 t.test('an instance whose clock runs an hour ahead neither orders nor writes the order log; the fleet orders at its budget', async (t) => {
   const services = await startServices(t)

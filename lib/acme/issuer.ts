@@ -1,7 +1,7 @@
 // One issuance with acme-client: account, order, challenges, finalize.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
-import type { FleetLocks } from '../fleet/locks'
+import type { FleetLocks, LockWaitListener } from '../fleet/locks'
 import { sleep, untilAborted } from '../signals'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
@@ -71,9 +71,6 @@ function noteClock (response: ClockSample | undefined): void {
     caClockOffsets.set(new URL(url).origin, date - Date.now())
   } catch {}
 }
-
-/** Called while the account's lock is held by someone else, with that holder if known. */
-export type LockWaitListener = (holder: string | undefined) => void
 
 /** One issuance with acme-client: account, order, challenges, finalize. */
 export class Issuer {

@@ -6,7 +6,7 @@ import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore, type Lock } from '../store/store'
 import { linkSignals } from '../signals'
 import { LockQueue } from './lock-queue'
-import type { FleetLocks, TakeOptions } from './locks'
+import type { FleetLocks, LockWaitListener } from './locks'
 
 const HOUR = 3_600_000
 /**
@@ -63,20 +63,19 @@ export class OrderBudget {
   }
 
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
-  open (onWait?: TakeOptions['onWait']): BudgetClaim {
+  open (onWait?: LockWaitListener): BudgetClaim {
     const refused = (retryAt: number): void => { this.#spentUntil = Math.max(this.#spentUntil, retryAt) }
     // A claim released before it was spent stops waiting for the lock.
     const abandon = new AbortController()
-    const opened = this.#opts.clock.now() < this.#spentUntil ? Promise.resolve({ spentUntil: this.#spentUntil }) : this.#lockAndRead(onWait, abandon.signal)
-    return new BudgetClaim(opened, this.#opts, refused, abandon)
+    return new BudgetClaim(this.#lockAndRead(onWait, abandon.signal), this.#opts, refused, abandon)
   }
 
-  async #lockAndRead (onWait: TakeOptions['onWait'], abandoned: AbortSignal): Promise<Opened> {
+  async #lockAndRead (onWait: LockWaitListener | undefined, abandoned: AbortSignal): Promise<Opened> {
     const { store, locks, closing, clock } = this.#opts
     const signal = linkSignals(closing, abandoned)
     let spentUntil: number | undefined
     const lock = await this.#queue.take(async () => {
-      // A claim queued in this process behind the refusal that taught it: no store call.
+      // Known spent (by a refusal, maybe of a claim queued ahead of this one): no store call.
       if (clock.now() < this.#spentUntil) {
         spentUntil = this.#spentUntil
         return NO_LOCK

@@ -19,11 +19,14 @@ export interface FleetLockOptions {
   log: Logger
 }
 
+/** Hears that a lock is held by someone else, with that holder if the store knows it. */
+export type LockWaitListener = (holder: string | undefined) => void
+
 export interface TakeOptions {
   /** This process's queue for the lock: its takers wait in memory for each other, not by polling the store. */
   queue?: LockQueue
   /** Called when the lock is found held by someone else, with its holder if the store knows it (again when it changes). */
-  onWait?: (holder: string | undefined) => void
+  onWait?: LockWaitListener
 }
 
 /**
@@ -51,7 +54,7 @@ export class FleetLocks {
     return await (queue === undefined ? acquire() : queue.take(acquire, signal))
   }
 
-  async #acquire (key: string, signal: AbortSignal, onWait: TakeOptions['onWait']): Promise<Lock> {
+  async #acquire (key: string, signal: AbortSignal, onWait: LockWaitListener | undefined): Promise<Lock> {
     const { store, holder, timeout, clock, log } = this.#opts
     const deadline = timeoutSignal(clock, timeout)
     const wait = linkSignals(signal, deadline.signal)

@@ -182,15 +182,7 @@ async function readAtMost (file: string, key: string, maxBytes: number): Promise
     const stats = await handle.stat()
     // Not a file (a directory, say): the read below fails as readFile() would.
     if (stats.isFile() && stats.size > maxBytes) throw oversized(key, stats.size, maxBytes)
-    const buffer = Buffer.alloc(stats.size)
-    let length = 0
-    while (length < buffer.length) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length)
-      // Truncated in place meanwhile (by another writer: this store renames).
-      if (bytesRead === 0) break
-      length += bytesRead
-    }
-    return buffer.subarray(0, length)
+    return await handle.readFile()
   } finally {
     await handle.close()
   }
