@@ -31,11 +31,18 @@ t.test('a 90-day certificate is renewed 30 days before expiry, less up to an hou
   t.equal(issuer.calls.length, 2, 'nothing more')
 })
 
-t.test('short lifetimes renew at a third left, renewBefore caps at half the lifetime', async (t) => {
+t.test('each certificate renews by its own lifetime: a third left, half for under 10 days; renewBefore overrides, capped at half', async (t) => {
   for (const [lifetime, renewBefore, before, jitter] of [
-    [10 * MIN, undefined, 200_000, 20_000],
+    // Let's Encrypt's lifetimes: classic (90 d, 64 d from 2027, 45 d from 2028), tlsserver (45 d), shortlived (160 h).
+    [64 * DAY, undefined, 64 * DAY / 3, HOUR],
+    [45 * DAY, undefined, 15 * DAY, HOUR],
+    [11 * DAY, undefined, 11 * DAY / 3, HOUR],
+    [9 * DAY, undefined, 4.5 * DAY, HOUR],
+    [160 * HOUR, undefined, 80 * HOUR, HOUR],
+    [10 * MIN, undefined, 300_000, 30_000],
     [10 * MIN, DAY, 300_000, 30_000],
-    [7 * DAY, HOUR, HOUR, 6 * MIN]
+    [7 * DAY, HOUR, HOUR, 6 * MIN],
+    [90 * DAY, 40 * DAY, 40 * DAY, HOUR]
   ] as const) {
     const { manager, clock, issuer } = unitManager({ domains: [A], renewBefore })
     issuer.lifetime = lifetime
@@ -43,7 +50,7 @@ t.test('short lifetimes renew at a third left, renewBefore caps at half the life
     await clock.advance(0)
     const [status] = manager.status()
     const left = (status.notAfter as Date).getTime() - (status.renewAt as Date).getTime()
-    t.ok(left >= before && left <= before + jitter, `lifetime ${lifetime / MIN} min, renewBefore ${renewBefore ?? 'default'}: renews ${left / 1000} s before expiry`)
+    t.ok(left >= before && left <= before + jitter, `lifetime ${lifetime / HOUR} h, renewBefore ${renewBefore ?? 'default'}: renews ${left / HOUR} h before expiry`)
     await clock.advance(lifetime)
     t.ok(issuer.calls.length >= 2, 'and renews before it expires')
     t.ok(manager.status()[0].notAfter! > new Date(clock.now()), 'what it serves is live')
