@@ -9,8 +9,8 @@ import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
 import type { Certificate } from './certificate'
 import { systemClock } from './clock'
-import { FST_AUTOCERT_NO_CHALLENGE } from './errors'
-import { errorFields, type AutocertEvents, type DomainStatus, type Logger } from './events'
+import { FST_AUTOCERT_NO_CHALLENGE, FST_AUTOCERT_REVOKE_FAILED } from './errors'
+import { errorFields, printable, type AutocertEvents, type DomainStatus, type Logger } from './events'
 import { FleetLocks } from './fleet/locks'
 import { CertificateManager, MANAGER_SETTINGS } from './manager'
 import { normalizeName } from './names'
@@ -58,12 +58,35 @@ export interface CertificateInfo {
   chain: string
 }
 
+/** The revocation reasons a CA accepts from a subscriber (RFC 5280 CRLReason; Let's Encrypt takes these five), by name or code. */
+export type RevocationReason = 'unspecified' | 'keyCompromise' | 'affiliationChanged' | 'superseded' | 'cessationOfOperation' | 0 | 1 | 3 | 4 | 5
+
+const REVOCATION_REASONS: Readonly<Record<string, number>> = { unspecified: 0, keyCompromise: 1, affiliationChanged: 3, superseded: 4, cessationOfOperation: 5 }
+
+/** The RFC 5280 code of `reason`; FST_AUTOCERT_REVOKE_FAILED for anything else, before the CA is asked. */
+function reasonCode (domain: string, reason: RevocationReason | undefined): number | undefined {
+  if (reason === undefined) return undefined
+  const code = typeof reason === 'number' ? reason : REVOCATION_REASONS[reason]
+  if (!Object.values(REVOCATION_REASONS).includes(code)) {
+    throw new FST_AUTOCERT_REVOKE_FAILED(printable(domain), `${JSON.stringify(reason)} is not a revocation reason; use one of ${Object.keys(REVOCATION_REASONS).join(', ')} (or its RFC 5280 code)`)
+  }
+  return code
+}
+
 /** What the Fastify decorator `fastify.autocert` offers; an AutocertServer offers it too. */
 export interface Autocert {
   /** The certificate served for `domain`, obtaining it first if needed. */
   certificate (domain: string): Promise<CertificateInfo>
   /** Orders a new certificate for `domain` now and serves it from then on. */
   renew (domain: string): Promise<CertificateInfo>
+  /**
+   * Replaces the certificates of `domain` (each key type) with new ones, then
+   * revokes the old ones at the CA with the fleet's account; resolves with the
+   * replacement. The other instances adopt it at their next look at the
+   * renewal information (see the README). `reason`: an RFC 5280 reason, by
+   * name or code. Default: none given (unspecified).
+   */
+  revoke (domain: string, reason?: RevocationReason): Promise<CertificateInfo>
   /** Per domain in memory (listed, and on-demand names in use): serial, expiry, next renewal, last error, backoff, lock holder. */
   status (): DomainStatus[]
   /** Calls `listener` on each `event` (obtained, renewed, loaded, failed, backoff, lock-wait). A listener that throws is logged, never breaks the work that emitted. */
@@ -140,9 +163,9 @@ export class AutocertCore implements AutocertServer {
     this.#http01 = new Http01Challenges(store, log)
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store, log)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
-    const { directoryUrl, email, externalAccountBinding } = opts
+    const { directoryUrl, email, externalAccountBinding, profile } = opts
     const locks = this.#locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
-    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, store, locks, solvers: opts.challenges.map((type) => solvers[type]) })
+    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, profile, store, locks, solvers: opts.challenges.map((type) => solvers[type]) })
     // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
     this.manager = new CertificateManager({ ...settings, store, issuer, log })
@@ -167,6 +190,10 @@ export class AutocertCore implements AutocertServer {
 
   async renew (domain: string): Promise<CertificateInfo> {
     return info(await this.manager.renew(domain))
+  }
+
+  async revoke (domain: string, reason?: RevocationReason): Promise<CertificateInfo> {
+    return info(await this.manager.revoke(domain, reasonCode(domain, reason)))
   }
 
   status (): DomainStatus[] {

@@ -115,3 +115,13 @@ export const FST_AUTOCERT_CHALLENGE_BUSY = createError(
   'FST_AUTOCERT_CHALLENGE_BUSY',
   'an acme-tls/1 connection was refused: too many challenge lookups in flight (CHALLENGE_LOOKUP_LIMITS.inFlight)',
   503)
+
+export const FST_AUTOCERT_INVALID_PROFILE = createError<[string, string]>(
+  'FST_AUTOCERT_INVALID_PROFILE',
+  'options.profile %s is not a profile the CA offers; it offers: %s',
+  500, TypeError)
+
+export const FST_AUTOCERT_REVOKE_FAILED = createError<[string, string]>(
+  'FST_AUTOCERT_REVOKE_FAILED',
+  'could not revoke the certificate of %s: %s',
+  502)

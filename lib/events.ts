@@ -36,6 +36,8 @@ export interface AutocertEvents {
   obtained: [CertificateEvent]
   /** This instance ordered a certificate to replace the one it served (`previousSerial`). */
   renewed: [CertificateEvent & { previousSerial: string }]
+  /** This instance revoked a certificate of `domain` at the CA (`reason`: its RFC 5280 code, when given), after replacing it with `replacement`. */
+  revoked: [CertificateEvent & { replacement: string, reason?: number }]
   /** A certificate was taken from the store: at start-up, or one another instance obtained. */
   loaded: [CertificateEvent]
   /** An order failed, or the store could not be read; `retryAt` when a retry is scheduled. */
@@ -60,6 +62,14 @@ export interface DomainStatus {
   notAfter?: Date
   /** When this instance will next try to renew (or retry after a failure). */
   renewAt?: Date
+  /**
+   * The renewal window the CA suggests for this certificate (ACME Renewal
+   * Information, RFC 9773), with the page that explains it when the CA gave
+   * one; undefined while none is known (the lifetime rule applies then).
+   */
+  renewalWindow?: { start: Date, end: Date, explanationURL?: string }
+  /** When the CA's renewal information for this certificate is next looked at (the fleet's record, then the CA if nobody has). */
+  renewalInfoCheck?: Date
   /** The last failure to load or obtain a certificate, cleared by the next success. */
   lastError?: { message: string, at: Date }
   /** Set while the fleet-wide failure backoff (or order budget) forbids a new order. */

@@ -56,6 +56,7 @@ declare namespace fastifyAutocert {
   export type Autocert = autocertModule.Autocert
   export type AutocertServer = autocertModule.AutocertServer
   export type CertificateInfo = autocertModule.CertificateInfo
+  export type RevocationReason = autocertModule.RevocationReason
   export type ChallengeMiddleware = autocertModule.ChallengeMiddleware
   export type SNICallbackFn = autocertModule.SNICallbackFn
   export type ALPNCallbackFn = acmeTlsAlpn.ALPNCallbackFn

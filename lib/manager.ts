@@ -1,11 +1,12 @@
 // The certificate manager: each name's certificates from memory, the store or a new order, and their renewal.
 import type { SecureContext } from 'node:tls'
-import type { KeyType } from './acme/issuer'
+import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo } from './acme/ari'
+import { AlreadyReplacedError, type IssueOptions, type KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import { systemClock, type Clock, type Timer } from './clock'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
-  FST_AUTOCERT_NAME_NOT_ALLOWED, FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED
+  FST_AUTOCERT_NAME_NOT_ALLOWED, FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED, FST_AUTOCERT_REVOKE_FAILED
 } from './errors'
 import {
   AutocertEmitter, errorCode, errorFields, errorMessage, printable,
@@ -15,6 +16,8 @@ import { CLOCK_TOLERANCE, OrderBudget, type BudgetClaim } from './fleet/budget'
 import { FailureRecords, type FailureRecord } from './fleet/failures'
 import { LockQueue } from './fleet/lock-queue'
 import { FleetLocks, type LockKind, type LockWaitListener } from './fleet/locks'
+import { RenewalInfoRecords, type RenewalInfoRecord } from './fleet/renewal-info'
+import { Limiter } from './limiter'
 import { normalizeName } from './names'
 import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
@@ -32,7 +35,8 @@ import { isCorrupt, readBounded, type CertStore, type Lock } from './store/store
 
 /** Orders one certificate; the manager decides when and holds the lock. */
 export interface CertificateSource {
-  issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }>
+  /** `replaces`: the certificate the order renews; a CA that has replaced it already rejects with AlreadyReplacedError. */
+  issue (name: string, keyType: KeyType, signal: AbortSignal, options?: IssueOptions): Promise<{ key: string, chain: string }>
   /**
    * Gets ready what issue() will need first (the account); resolves when it is.
    * `onLockWait` hears of a wait for a lock another instance holds meanwhile.
@@ -40,6 +44,10 @@ export interface CertificateSource {
   prepare? (onLockWait?: LockWaitListener): Promise<void>
   /** The CA's clock minus this machine's (ms), as its last answer showed it; undefined when not known. */
   clockOffset? (): number | undefined
+  /** The CA's renewal window for `cert` (RFC 9773); undefined when the CA publishes none. Without this method, none is asked for. */
+  renewalInfo? (cert: Certificate, signal: AbortSignal): Promise<RenewalInfo | undefined>
+  /** Revokes `cert` at the CA (`reason`: an RFC 5280 CRLReason code). */
+  revoke? (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void>
 }
 
 /** The validated options the manager reads: the front ends pass these and nothing else of Settings. */
@@ -92,6 +100,14 @@ interface Slot {
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
   context?: SecureContext
   renewAt?: number
+  /** The renewal time by the certificate's lifetime alone (renewalTime), drawn at adoption. */
+  lifetimeRenewAt?: number
+  /** No renewal before this, whatever the window: the certificate looked due when it was issued (#dueAtIssue). */
+  renewNotBefore?: number
+  /** The fleet's renewal information, as the store holds it, when it is about `cert`. */
+  ari?: RenewalInfoRecord
+  /** When this instance next looks at the renewal information (the store's record, then the CA if it is due); undefined: not before another certificate. */
+  ariCheckAt?: number
   /** No order before `until`: the fleet's failure backoff, its spent order budget, or this machine's clock (off by `offset` ms). */
   hold?: { until: number, reason: BackoffReason, offset?: number }
   /** The lock this slot's order waits for, held by someone else. */
@@ -121,6 +137,14 @@ const HOLD_RECHECK = 10_000
 const CLOCK_RECHECK = 60_000
 /** The earliest renewal of a certificate that looked due the moment it was issued: a clock problem, not a reason to order again. */
 const DUE_AT_ISSUE_DELAY = 3_600_000
+/**
+ * A certificate obtained by a budget-exempt renewal (its CA's window) is
+ * renewed exempt again no sooner than this: a CA whose answers keep moving
+ * the window to the past costs the budget's orders, never a loop.
+ */
+const EXEMPT_SPACING = 3_600_000
+/** At most this much later than the record says (a tenth of the interval, at most), each instance looks at renewal information: the first one asks the CA, the others read its answer. */
+const CHECK_SPREAD = 5 * 60_000
 
 export class CertificateManager {
   readonly events: AutocertEmitter
@@ -132,6 +156,9 @@ export class CertificateManager {
   readonly #failures: FailureRecords
   readonly #budget: OrderBudget
   readonly #locks: FleetLocks
+  readonly #renewalInfo: RenewalInfoRecords
+  /** Background work (renewals, renewal-information checks): `concurrency` at a time. */
+  readonly #backgroundLimit: Limiter
   readonly #closing = new AbortController()
   #started = false
   /** When a wrong clock was last logged (at most once per CLOCK_RECHECK for the process). */
@@ -145,6 +172,8 @@ export class CertificateManager {
     this.#refusals = new RefusalLog(opts.log, clock)
     this.#failures = new FailureRecords(opts.store, opts.retryDelays, clock, opts.log)
     this.#locks = new FleetLocks({ store: opts.store, holder: opts.instanceId, timeout: opts.lockTimeout, clock, log: opts.log })
+    this.#renewalInfo = new RenewalInfoRecords(opts.store, clock, opts.log)
+    this.#backgroundLimit = new Limiter(opts.concurrency)
     this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, locks: this.#locks, clock, closing: this.#closing.signal, log: opts.log })
     for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
@@ -188,6 +217,34 @@ export class CertificateManager {
     return primary
   }
 
+  /**
+   * Replaces the certificates of `name` (one per key type) with new ones, then
+   * revokes the old ones at the CA (`reason`: an RFC 5280 CRLReason code).
+   * The other instances adopt the replacements at their next look at the
+   * renewal information. Resolves with the primary replacement.
+   */
+  async revoke (name: string, reason?: number): Promise<Certificate> {
+    const site = await this.#allowed(name)
+    const { issuer, log } = this.#opts
+    const revoke = issuer.revoke?.bind(issuer)
+    if (revoke === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, 'this certificate source cannot revoke')
+    const [primary] = await Promise.all(site.slots.map(async (slot) => {
+      const old = this.#live(slot.cert) ? slot.cert : await this.#load(slot)
+      if (old === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, `there is no ${slot.type} certificate to revoke`)
+      // Replaced first: the old one is served until its replacement is, never nothing.
+      const replacement = await this.#order(slot, { force: true, until: 'stored' })
+      try {
+        await revoke(old, reason, this.#closing.signal)
+      } catch (err) {
+        throw Object.assign(new FST_AUTOCERT_REVOKE_FAILED(site.name, errorMessage(err)), { cause: err })
+      }
+      log.warn({ ...certFields(slot, old), reason, replacement: replacement.serial }, 'certificate revoked')
+      this.events.tell('revoked', { ...certFields(slot, old), replacement: replacement.serial, reason })
+      return replacement
+    }))
+    return primary
+  }
+
   status (): DomainStatus[] {
     const now = this.#clock.now()
     return [...this.#sites.values()].flatMap((site) => site.slots).map((slot) => ({
@@ -196,6 +253,8 @@ export class CertificateManager {
       serial: slot.cert?.serial,
       notAfter: date(slot.cert?.notAfter),
       renewAt: date(slot.nextAt ?? slot.renewAt),
+      renewalWindow: this.#windowOf(slot),
+      renewalInfoCheck: date(slot.ariCheckAt),
       lastError: slot.lastError && { message: slot.lastError.message, at: new Date(slot.lastError.at) },
       retryAfter: slot.hold !== undefined && slot.hold.until > now ? new Date(slot.hold.until) : undefined,
       lockHolder: slot.lockHolder,
@@ -349,7 +408,14 @@ export class CertificateManager {
     return slot.loading
   }
 
-  async #read (slot: Slot): Promise<Certificate | undefined> {
+  /**
+   * `current`: the store's certificate is known to be the fleet's current one
+   * (read under the name's lock, or named by the fleet's renewal-information
+   * record), and replaces ours whenever it differs, unless ours is not stored
+   * yet. Otherwise a stored certificate replaces ours only when newer: issued
+   * later, which a second's resolution cannot tell for two issued within it.
+   */
+  async #read (slot: Slot, current = false): Promise<Certificate | undefined> {
     const { store, log } = this.#opts
     // A read that just failed is not repeated for every handshake that follows.
     if (slot.readError !== undefined && this.#clock.now() - slot.readError.at < READ_ERROR_TTL) throw slot.readError.err
@@ -378,7 +444,7 @@ export class CertificateManager {
       slot.reported = true
       return undefined
     }
-    if (slot.cert === undefined || newer(cert, slot.cert)) {
+    if (slot.cert === undefined || (current && slot.unsaved !== true ? cert.serial !== slot.cert.serial : newer(cert, slot.cert))) {
       this.#adopt(slot, cert)
       log.info(certFields(slot, cert), 'certificate loaded')
       this.events.tell('loaded', certFields(slot, cert))
@@ -441,7 +507,7 @@ export class CertificateManager {
       if (had === undefined && unprepared === undefined && skew === undefined) claim = this.#budget.open(onBudgetWait)
       // Another instance may have obtained it while we waited for the lock, or failed.
       const [stored, failure] = await Promise.all([
-        this.#read(slot),
+        this.#read(slot, true),
         force ? undefined : this.#failures.read(slot.key)
       ])
       if (stored !== undefined && (force ? stored !== had : !this.#due(slot))) {
@@ -453,14 +519,25 @@ export class CertificateManager {
       // No account, no order: a failure of the order's (the fleet's backoff), with no budget spent on it.
       if (unprepared !== undefined) throw await this.#orderFailed(slot, unprepared, lock.signal)
       if (skew !== undefined) throw this.#clockRefusal(slot, skew)
-      claim ??= this.#budget.open(onBudgetWait)
-      const budget = await claim.spend().finally(() => { this.#waited(slot, 'order-log') })
-      if (!budget.spent) this.#budgetSpent(slot, budget.retryAt)
+      // The certificate this order replaces, and the CA's window it answers, if it has started.
+      const replaced = slot.cert
+      const answered = this.#answeredWindow(slot)
+      // A renewal the CA asked for is exempt from the budget (as Let's Encrypt exempts it from its limits), once per window.
+      const exempt = answered !== undefined && this.#exempt(slot)
+      // The name's last exempt renewal goes on to the next certificate's record, so that exempt renewals stay EXEMPT_SPACING apart.
+      const exemptAt = exempt ? this.#clock.now() : slot.ari?.origin?.exemptAt
+      if (!exempt) {
+        claim ??= this.#budget.open(onBudgetWait)
+        const budget = await claim.spend().finally(() => { this.#waited(slot, 'order-log') })
+        if (!budget.spent) this.#budgetSpent(slot, budget.retryAt)
+      }
 
-      log.info({ domain: name }, 'ordering certificate')
+      log.info({ domain: name, ...(replaced === undefined ? {} : { replaces: replaced.serial }), ...(answered === undefined ? {} : { renewalWindow: { start: new Date(answered.start), end: new Date(answered.end) }, exempt }) }, 'ordering certificate')
       try {
-        // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
-        const { key, chain } = await untilAborted(issuer.issue(name, slot.type, AbortSignal.any([closing, lock.signal])), closing)
+        const placed = await this.#place(slot, replaced, lock.signal)
+        // The CA says another order replaced it: another instance's, stored meanwhile.
+        if ('serial' in placed) return placed
+        const { key, chain } = placed
         const bundle = encodeBundle({ key, chain })
         const size = Buffer.byteLength(bundle)
         // What could not be read back (storeLimits) is not stored: a chain that long is the CA's failure.
@@ -470,8 +547,8 @@ export class CertificateManager {
         if (closing.aborted) throw closing.reason
         throw await this.#orderFailed(slot, err, lock.signal)
       }
-      // Served from now on, whatever happens to the write.
-      this.#adopt(slot, issued)
+      // Served from now on, whatever happens to the write. Its renewal information is asked for once it is stored.
+      this.#adopt(slot, issued, false)
       if (this.#due(slot)) this.#dueAtIssue(slot, issued)
       adopted(issued)
       log.info(certFields(slot, issued), had === undefined ? 'certificate obtained' : 'certificate renewed')
@@ -481,6 +558,7 @@ export class CertificateManager {
       await this.#opts.store.put(slot.key, encodeBundle(issued))
       slot.unsaved = false
       await this.#failures.clear(slot.key)
+      await this.#recordRenewalInfo(slot, issued, answered && { ...answered, ...(exemptAt === undefined ? {} : { exemptAt }) }, lock.signal)
       return issued
     } catch (err) {
       if (issued === undefined) throw err
@@ -572,6 +650,7 @@ export class CertificateManager {
     const retryAt = this.#clock.now() + DUE_AT_ISSUE_DELAY
     this.#opts.log.error({ ...certFields(slot, cert), notBefore: new Date(cert.notBefore), now: new Date(this.#clock.now()), retryAt: new Date(retryAt) },
       'the certificate just issued already looks due for renewal: check this machine\'s clock; not ordering again before retryAt')
+    slot.renewNotBefore = retryAt
     slot.renewAt = retryAt
     this.#schedule(slot, retryAt)
   }
@@ -601,15 +680,90 @@ export class CertificateManager {
     return Object.assign(new FST_AUTOCERT_ORDER_FAILED(slot.name, errorMessage(err)), { cause: err })
   }
 
-  #adopt (slot: Slot, cert: Certificate): void {
+  #adopt (slot: Slot, cert: Certificate, checkRenewalInfo = true): void {
     slot.cert = cert
     slot.context = undefined
     slot.site.contexts = undefined
     slot.reported = false
     slot.lastError = undefined
     slot.hold = undefined
-    slot.renewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
+    slot.ari = undefined
+    slot.renewNotBefore = undefined
+    slot.lifetimeRenewAt = renewalTime(cert.notBefore, cert.notAfter, this.#opts.renewBefore)
+    slot.renewAt = this.#renewalTime(slot)
+    // A certificate new to this instance: its renewal information is looked at (the store's record first) at once.
+    slot.ariCheckAt = checkRenewalInfo && this.#opts.issuer.renewalInfo !== undefined ? this.#clock.now() : undefined
     this.#schedule(slot, slot.renewAt)
+  }
+
+  /**
+   * When `slot`'s certificate is renewed: at the fleet's time in the CA's
+   * window when one is known for it, else by its lifetime (renewalTime);
+   * options.renewBefore, when set, may make it sooner, and a certificate that
+   * looked due when it was issued waits (renewNotBefore).
+   */
+  #renewalTime (slot: Slot): number {
+    const cert = slot.cert as Certificate
+    const lifetime = slot.lifetimeRenewAt as number
+    const ari = this.#usableRecord(slot)
+    // A window that reaches the certificate's expiry is done with by the time a tenth of the lifetime remains.
+    const inWindow = ari?.renewAt === undefined ? undefined : Math.min(ari.renewAt, cert.notAfter - (cert.notAfter - cert.notBefore) / 10)
+    const at = inWindow === undefined ? lifetime : this.#opts.renewBefore === undefined ? inWindow : Math.min(inWindow, lifetime)
+    return Math.max(at, slot.renewNotBefore ?? -Infinity)
+  }
+
+  /**
+   * The renewal information of `slot`'s certificate when it may be acted on:
+   * about this certificate, with a window that is not the one whose renewal
+   * produced it (the CA's stale answer: acting on it would replace the
+   * certificate twice for one window).
+   */
+  #usableRecord (slot: Slot): RenewalInfoRecord | undefined {
+    const { cert, ari } = slot
+    if (cert === undefined || ari?.serial !== cert.serial || ari.window === undefined || sameWindow(ari.window, ari.origin)) return undefined
+    return ari
+  }
+
+  /** The window this order answers: the CA's for the certificate it replaces, once it has started. */
+  #answeredWindow (slot: Slot): { start: number, end: number } | undefined {
+    const window = this.#usableRecord(slot)?.window
+    return window === undefined || window.start > this.#clock.now() ? undefined : { start: window.start, end: window.end }
+  }
+
+  /** A renewal in its window is exempt from the budget, unless the certificate itself came from an exempt renewal less than EXEMPT_SPACING ago. */
+  #exempt (slot: Slot): boolean {
+    const exemptAt = slot.ari?.origin?.exemptAt
+    return exemptAt === undefined || this.#clock.now() - exemptAt >= EXEMPT_SPACING
+  }
+
+  /** The window status() shows: the CA's, for the certificate served. */
+  #windowOf (slot: Slot): DomainStatus['renewalWindow'] {
+    const { cert, ari } = slot
+    if (cert === undefined || ari?.serial !== cert.serial || ari.window === undefined) return undefined
+    const { start, end, explanationURL } = ari.window
+    return { start: new Date(start), end: new Date(end), ...(explanationURL === undefined ? {} : { explanationURL }) }
+  }
+
+  /**
+   * Places the order of #orderLocked: naming the certificate it replaces, and,
+   * if the CA says that one has been replaced already, once more without
+   * (RFC 9773) — unless the store now holds the replacement, which is then
+   * adopted and returned instead of ordering.
+   */
+  async #place (slot: Slot, replaces: Certificate | undefined, lockSignal: AbortSignal): Promise<{ key: string, chain: string } | Certificate> {
+    const closing = this.#closing.signal
+    // acme-client cannot be cancelled: on close, stop waiting for it and let it finish unobserved.
+    const issue = (options: IssueOptions): Promise<{ key: string, chain: string }> =>
+      untilAborted(this.#opts.issuer.issue(slot.name, slot.type, AbortSignal.any([closing, lockSignal]), options), closing)
+    try {
+      return await issue({ replaces })
+    } catch (err) {
+      if (!(err instanceof AlreadyReplacedError)) throw err
+      const stored = await this.#read(slot, true)
+      if (stored !== undefined && stored !== replaces && !this.#due(slot)) return stored
+      this.#opts.log.warn({ domain: slot.name, serial: replaces?.serial, error: errorFields(err) }, 'the CA says the certificate was replaced already, and the store has no replacement: ordering without replaces')
+      return await issue({})
+    }
   }
 
   /**
@@ -672,7 +826,11 @@ export class CertificateManager {
     return this.#refusalOf(slot, hold)
   }
 
-  /** One timer per certificate: at `at`, renew (or retry, or write what is unsaved) through the same path as a handshake. */
+  /**
+   * One timer per certificate: at `at`, renew (or retry, or write what is
+   * unsaved) through the same path as a handshake; before that, at
+   * `ariCheckAt`, look at the renewal information, which may move `at`.
+   */
   #schedule (slot: Slot, at: number): void {
     this.#clock.clearTimeout(slot.timer)
     slot.timer = undefined
@@ -683,9 +841,135 @@ export class CertificateManager {
     if (this.#sites.get(slot.name) !== slot.site) return
     slot.timer = this.#clock.setTimeout(() => {
       slot.timer = undefined
-      slot.nextAt = undefined
-      void this.#background(slot, slot.unsaved === true ? this.#persist(slot) : this.#renewal(slot))
-    }, Math.max(0, at - this.#clock.now()))
+      void this.#background(slot, this.#tick(slot))
+    }, Math.max(0, Math.min(at, slot.ariCheckAt ?? Infinity) - this.#clock.now()))
+  }
+
+  /** What a slot's timer does: the renewal-information check if it is due, then the renewal (or retry, or write) if that is. */
+  async #tick (slot: Slot): Promise<void> {
+    if (slot.ariCheckAt !== undefined && slot.ariCheckAt <= this.#clock.now()) {
+      await this.#backgroundLimit.run(() => this.#checkRenewalInfo(slot))
+    }
+    const at = slot.nextAt
+    if (at !== undefined && at > this.#clock.now()) {
+      this.#schedule(slot, at)
+      return
+    }
+    slot.nextAt = undefined
+    await this.#backgroundLimit.run(() => slot.unsaved === true ? this.#persist(slot) : this.#renewal(slot))
+  }
+
+  /**
+   * Looks at the renewal information of `slot`'s certificate, once for the
+   * fleet per interval: the store's record when another instance has asked
+   * the CA (or replaced the certificate: that one is adopted), else, under the
+   * name's lock, the CA, whose answer goes into the store for the others.
+   * Never throws: a failure is logged and tried again after
+   * RENEWAL_INFO_INTERVALS.afterFailure, the lifetime rule applying meanwhile.
+   */
+  async #checkRenewalInfo (slot: Slot): Promise<void> {
+    slot.ariCheckAt = undefined
+    if (this.#opts.issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
+    try {
+      let record = await this.#renewalInfo.read(slot.key)
+      // Another instance replaced the certificate (a renewal, a revocation): take its replacement from the store.
+      if (record !== undefined && record.serial !== (slot.cert as Certificate).serial) await this.#read(slot, true)
+      const fresh = this.#fresh(slot, record)
+      if (fresh !== undefined) return this.#useRenewalInfo(slot, fresh)
+      const lock = await this.#nameLock(slot)
+      try {
+        record = await this.#renewalInfo.read(slot.key)
+        // Never a record about a certificate the fleet has replaced: the store's is the one to ask about.
+        if (record !== undefined && record.serial !== (slot.cert as Certificate).serial) await this.#read(slot, true)
+        const checked = this.#fresh(slot, record)
+        if (checked !== undefined) return this.#useRenewalInfo(slot, checked)
+        const cert = slot.cert as Certificate
+        await this.#askRenewalInfo(slot, cert, record?.serial === cert.serial ? record : undefined, undefined, lock.signal)
+      } finally {
+        await lock.release()
+      }
+    } catch (err) {
+      if (this.#closing.signal.aborted) return
+      const retryAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.afterFailure
+      slot.ariCheckAt = retryAt
+      this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'renewal information check failed; will retry')
+    }
+  }
+
+  /** A record about `slot`'s certificate that another instance checked recently enough. */
+  #fresh (slot: Slot, record: RenewalInfoRecord | undefined): RenewalInfoRecord | undefined {
+    return record !== undefined && record.serial === slot.cert?.serial && record.nextCheck > this.#clock.now() ? record : undefined
+  }
+
+  /**
+   * Asks the CA for the window of `cert` (held under the name's lock), writes
+   * the fleet's record and uses it. `previous`: the record of the same
+   * certificate, whose random time in the window is kept while the window does
+   * not move. `origin`: for a new certificate, the window whose renewal
+   * produced it. A CA that publishes no renewal information is looked at
+   * again after RENEWAL_INFO_INTERVALS.max, with nothing written; a failed
+   * request keeps the last window known and is retried after afterFailure.
+   */
+  async #askRenewalInfo (slot: Slot, cert: Certificate, previous: RenewalInfoRecord | undefined, origin: RenewalInfoRecord['origin'], lockSignal: AbortSignal): Promise<void> {
+    const { issuer, log } = this.#opts
+    const now = this.#clock.now()
+    let answer: RenewalInfo | undefined
+    let failed: unknown
+    try {
+      answer = await untilAborted((issuer.renewalInfo as NonNullable<CertificateSource['renewalInfo']>)(cert, AbortSignal.any([this.#closing.signal, lockSignal])), this.#closing.signal)
+    } catch (err) {
+      if (this.#closing.signal.aborted) throw err
+      failed = err
+    }
+    if (failed === undefined && answer === undefined) {
+      slot.ariCheckAt = now + RENEWAL_INFO_INTERVALS.max
+      return
+    }
+    const window = answer?.window ?? previous?.window
+    const record: RenewalInfoRecord = {
+      serial: cert.serial,
+      window,
+      renewAt: window === undefined ? undefined : previous?.renewAt !== undefined && sameWindow(window, previous.window) ? previous.renewAt : renewalPoint(window),
+      checkedAt: now,
+      nextCheck: answer === undefined ? now + RENEWAL_INFO_INTERVALS.afterFailure : nextCheckTime(now, answer.retryAfter),
+      origin: origin ?? previous?.origin
+    }
+    if (failed !== undefined) {
+      log.warn({ domain: slot.name, serial: cert.serial, nextCheck: new Date(record.nextCheck), error: errorFields(failed) }, 'the CA\'s renewal information could not be read; the last window known (or the lifetime rule) applies meanwhile')
+    } else if (previous?.window !== undefined && window !== undefined && !sameWindow(window, previous.window)) {
+      log.warn({ ...certFields(slot, cert), start: new Date(window.start), end: new Date(window.end), explanationURL: window.explanationURL, previous: { start: new Date(previous.window.start), end: new Date(previous.window.end) } },
+        'the CA moved the renewal window')
+    }
+    if (!lockSignal.aborted) await this.#renewalInfo.write(slot.key, record)
+    this.#useRenewalInfo(slot, record)
+  }
+
+  /** Takes `record` (about `slot`'s certificate) as the fleet's word: the renewal time and the next look at it. */
+  #useRenewalInfo (slot: Slot, record: RenewalInfoRecord): void {
+    slot.ari = record
+    // The others look a little later than the record says: the first to look asks the CA, the rest read its answer.
+    const spread = Math.min(CHECK_SPREAD, Math.max(0, record.nextCheck - record.checkedAt) / 10)
+    slot.ariCheckAt = Math.max(record.nextCheck, this.#clock.now()) + Math.random() * spread
+    slot.renewAt = this.#renewalTime(slot)
+    // A retry (the backoff) or a write still pending keeps its own time.
+    const held = slot.hold !== undefined && slot.hold.until > this.#clock.now()
+    this.#schedule(slot, held || slot.unsaved === true ? slot.nextAt ?? slot.renewAt : slot.renewAt)
+  }
+
+  /**
+   * The renewal information of a certificate just obtained (best effort: a
+   * failure leaves it to the next check). `origin`: the window it answered.
+   */
+  async #recordRenewalInfo (slot: Slot, cert: Certificate, origin: RenewalInfoRecord['origin'], lockSignal: AbortSignal): Promise<void> {
+    if (this.#opts.issuer.renewalInfo === undefined) return
+    try {
+      await this.#askRenewalInfo(slot, cert, undefined, origin, lockSignal)
+    } catch (err) {
+      if (this.#closing.signal.aborted) return
+      slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.afterFailure
+      this.#schedule(slot, slot.nextAt ?? slot.renewAt as number)
+      this.#opts.log.warn({ domain: slot.name, error: errorFields(err) }, 'renewal information of the new certificate not stored; will retry')
+    }
   }
 
   /**

@@ -52,6 +52,15 @@ export interface AutocertOptions {
   /** `'production'` (Let's Encrypt, the default), `'staging'` (Let's Encrypt staging) or an https:// ACME directory URL. */
   directoryUrl?: string
   /**
+   * The CA's certificate profile, named in every new order
+   * (draft-ietf-acme-profiles): Let's Encrypt offers `'classic'` (its default),
+   * `'tlsserver'` (45 days) and `'shortlived'` (160 hours). Checked against the
+   * profiles the CA's directory lists when it is first read: an unknown one
+   * fails the orders with FST_AUTOCERT_INVALID_PROFILE, which names them.
+   * Renewal follows each certificate's own lifetime either way. Default: none (the CA's default).
+   */
+  profile?: string
+  /**
    * Key of each certificate: `'ecdsa'` (P-256, the default), `'rsa'` (2048 bits),
    * or both, `['ecdsa', 'rsa']`: each name then has one certificate of each kind
    * in one TLS context, and OpenSSL serves the first kind the client supports
@@ -59,11 +68,15 @@ export interface AutocertOptions {
    * The account key is always P-256.
    */
   keyType?: KeyType | KeyType[]
-  /** Renew when this much validity remains (milliseconds). Default: a third of the lifetime, at most 30 days. */
+  /**
+   * Renew when this much validity remains (milliseconds), or sooner when the
+   * CA's renewal window (ARI) says so. Default: the CA's window, or without
+   * one a third of the lifetime (half of it for certificates of under 10 days).
+   */
   renewBefore?: number
   /** Waits after 1, 2, 3... consecutive failed orders (milliseconds; the last repeats). Default: 1 min, 10 min, 20 min, 30 min, 1 h, 2 h, 6 h. */
   retryDelays?: number[]
-  /** How many domains are loaded from the store or ordered at once at start-up. Default: 8. */
+  /** How many domains are loaded from the store or ordered at once at start-up, and renewed or checked (renewal windows) at once later. Default: 8. */
   concurrency?: number
   /**
    * New orders the whole fleet may place in any hour, counted in the store, so
@@ -241,6 +254,13 @@ const rules = {
     } catch {}
     if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
     return value
+  },
+  profile: (profile: AutocertOptions['profile']): string | undefined => {
+    // Profile names are short tokens (Let's Encrypt's: classic, tlsserver, shortlived).
+    if (profile !== undefined && !(typeof profile === 'string' && /^[\x21-\x7e]{1,64}$/.test(profile))) {
+      throw new FST_AUTOCERT_INVALID_OPTION('profile', 'must be the name of one of the CA\'s profiles, e.g. \'tlsserver\' or \'shortlived\'')
+    }
+    return profile
   },
   externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value
 } satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }

@@ -67,6 +67,7 @@ const autocert: FastifyPluginAsync<AutocertOptions> = async (fastify, options) =
   const decorator: Autocert = {
     certificate: async (domain) => await core.certificate(domain),
     renew: async (domain) => await core.renew(domain),
+    revoke: async (domain, reason) => await core.revoke(domain, reason),
     status: () => core.status(),
     on (event, listener) { core.on(event, listener); return this },
     off (event, listener) { core.off(event, listener); return this }

@@ -1,10 +1,13 @@
 // One issuance with acme-client: account, order, challenges, finalize.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
+import type { Certificate } from '../certificate'
+import { FST_AUTOCERT_INVALID_PROFILE } from '../errors'
 import type { FleetLocks, LockWaitListener } from '../fleet/locks'
 import { sleep, untilAborted } from '../signals'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
+import { certificateId, parseRenewalInfo, type RenewalInfo } from './ari'
 import type { ChallengeSolver } from './challenges'
 
 export type KeyType = 'ecdsa' | 'rsa'
@@ -13,6 +16,8 @@ export interface IssuerOptions {
   directoryUrl: string
   email?: string
   externalAccountBinding?: { kid: string, hmacKey: string }
+  /** The CA's profile (draft-ietf-acme-profiles) named in every new order; checked against the directory's `meta.profiles`. */
+  profile?: string
   store: CertStore
   /** Takes the account's lock when the key must be created or registered. */
   locks: FleetLocks
@@ -31,8 +36,26 @@ export interface IssuerOptions {
  */
 const REQUEST_TIMEOUT = 30_000
 /** The longest one order may take, validation and polling included. */
+
 const ORDER_DEADLINE = 5 * 60_000
-const ordering = new AsyncLocalStorage<AbortSignal>()
+const ordering = new AsyncLocalStorage<RequestContext>()
+
+/**
+ * The async context of the requests made on behalf of one order (or check, or
+ * registration): its signal, and the last ACME problem document (RFC 8555 6.7)
+ * the CA answered with. acme-client turns a problem into an Error of its
+ * `detail` alone; the type is read from here.
+ */
+interface RequestContext {
+  signal: AbortSignal
+  problem?: { type: string, status: number }
+}
+
+/** Runs `fn` with its requests bound to `signal`: see RequestContext. */
+function inContext<T> (signal: AbortSignal, fn: (context: RequestContext) => Promise<T>): Promise<T> {
+  const context: RequestContext = { signal }
+  return ordering.run(context, () => fn(context))
+}
 let guarded = false
 
 /*
@@ -46,7 +69,7 @@ function installRequestGuard (): void {
   if (guarded) return
   guarded = true
   acme.axios.interceptors.request.use((config) => {
-    const signal = ordering.getStore()
+    const signal = ordering.getStore()?.signal
     if (signal === undefined) return config
     signal.throwIfAborted()
     config.timeout ||= REQUEST_TIMEOUT
@@ -54,6 +77,7 @@ function installRequestGuard (): void {
   })
   acme.axios.interceptors.response.use((response) => {
     noteClock(response)
+    noteProblem(response)
     return response
   }, (err: unknown) => {
     noteClock((err as { response?: ClockSample } | undefined)?.response)
@@ -62,6 +86,13 @@ function installRequestGuard (): void {
 }
 
 interface ClockSample { headers?: Record<string, unknown>, config?: { url?: string } }
+
+/** Notes the problem type of a CA's error answer in its request's context. */
+function noteProblem (response: { status: number, data?: unknown }): void {
+  const context = ordering.getStore()
+  const type = (response.data as { type?: unknown } | undefined)?.type
+  if (context !== undefined && response.status >= 400 && typeof type === 'string') context.problem = { type, status: response.status }
+}
 
 function noteClock (response: ClockSample | undefined): void {
   const date = Date.parse(String(response?.headers?.date))
@@ -72,11 +103,34 @@ function noteClock (response: ClockSample | undefined): void {
   } catch {}
 }
 
+/** The parts of an ACME directory (RFC 8555 7.1.1) the issuer reads itself. */
+interface Directory {
+  renewalInfo?: string
+  meta?: { profiles?: Record<string, unknown> }
+}
+
+/** A new order as sent: RFC 8555's, with a profile and the certificate it replaces. */
+type OrderRequest = Parameters<acme.Client['createOrder']>[0] & { profile?: string, replaces?: string }
+
+/** How long a directory read is kept: acme-client keeps its own copy as long. */
+const DIRECTORY_MAX_AGE = 24 * 3_600_000
+
+/** An order's options: the certificate it replaces (RFC 9773 `replaces`), when it renews one this CA issued. */
+export interface IssueOptions {
+  replaces?: Certificate
+}
+
+/** The CA refused `replaces`: the certificate already has a replacement order (RFC 9773 `alreadyReplaced`). */
+export class AlreadyReplacedError extends Error {
+  readonly code = 'FST_AUTOCERT_ALREADY_REPLACED'
+}
+
 /** One issuance with acme-client: account, order, challenges, finalize. */
 export class Issuer {
   readonly #opts: IssuerOptions
   readonly #origin: string
   #client: Promise<acme.Client> | undefined
+  #directory: { at: number, read: Promise<Directory> } | undefined
   /** Who hears of a wait for the account's lock: the orders waiting for the account. */
   readonly #accountWaiters = new Set<LockWaitListener>()
 
@@ -94,7 +148,7 @@ export class Issuer {
   async prepare (onLockWait?: LockWaitListener): Promise<void> {
     if (onLockWait !== undefined) this.#accountWaiters.add(onLockWait)
     try {
-      await this.#account(new AbortController().signal)
+      await Promise.all([this.#account(new AbortController().signal), this.#readDirectory()])
     } finally {
       if (onLockWait !== undefined) this.#accountWaiters.delete(onLockWait)
     }
@@ -105,19 +159,60 @@ export class Issuer {
     return caClockOffsets.get(this.#origin)
   }
 
-  /** Orders a certificate for `name`; resolves with its PEM key and chain. */
-  issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+  /**
+   * Orders a certificate for `name`; resolves with its PEM key and chain.
+   * `replaces` names the certificate it renews to the CA (RFC 9773); a CA that
+   * says it has been replaced already rejects with AlreadyReplacedError.
+   */
+  issue (name: string, keyType: KeyType, signal: AbortSignal, { replaces }: IssueOptions = {}): Promise<{ key: string, chain: string }> {
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
-    return ordering.run(bounded, () => this.#issue(name, keyType, bounded))
+    return inContext(bounded, (context) => this.#issue(name, keyType, context, replaces))
   }
 
-  async #issue (name: string, keyType: KeyType, signal: AbortSignal): Promise<{ key: string, chain: string }> {
+  /**
+   * The CA's renewal information for `cert` (RFC 9773), or undefined when the
+   * CA publishes none (no `renewalInfo` in its directory). Rejects when the
+   * request fails or the answer is unusable.
+   */
+  async renewalInfo (cert: Certificate, signal: AbortSignal): Promise<RenewalInfo | undefined> {
+    const bounded = AbortSignal.any([signal, AbortSignal.timeout(REQUEST_TIMEOUT)])
+    return await inContext(bounded, async () => {
+      const { renewalInfo } = await untilAborted(this.#readDirectory(), bounded)
+      if (renewalInfo === undefined) return undefined
+      const url = `${renewalInfo.replace(/\/+$/, '')}/${certificateId(cert.chain)}`
+      // A failed check is tried again at the next one: none of acme-client's retries (RETRIED_ENOUGH).
+      const response = await acme.axios.get(url, { validateStatus: (status: number) => status === 200, ...RETRIED_ENOUGH })
+      return parseRenewalInfo(response.data, response.headers['retry-after'], Date.now())
+    })
+  }
+
+  /** Revokes `cert` at the CA with the fleet's account; `reason` is an RFC 5280 CRLReason code (default: none given, 0). */
+  async revoke (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void> {
+    const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
+    await inContext(bounded, async () => {
+      const client = await this.#account(bounded)
+      await client.revokeCertificate(cert.chain, reason === undefined ? {} : { reason })
+    })
+  }
+
+  async #issue (name: string, keyType: KeyType, context: RequestContext, replaces: Certificate | undefined): Promise<{ key: string, chain: string }> {
+    const { signal } = context
     // The key and CSR (about 10 ms of CPU) are made while the account is looked up.
     const [client, [key, csr]] = await Promise.all([
       this.#account(signal),
       newKey(keyType).then((key) => acme.crypto.createCsr({ commonName: name, altNames: [name] }, key))
     ])
-    let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
+    const { profile } = this.#opts
+    // acme-client sends the request as given; its type knows neither field (draft-ietf-acme-profiles, RFC 9773).
+    const request: OrderRequest = {
+      identifiers: [{ type: 'dns', value: name }],
+      ...(profile === undefined ? {} : { profile }),
+      ...(replaces === undefined ? {} : { replaces: certificateId(replaces.chain) })
+    }
+    let order = await client.createOrder(request).catch((err: unknown) => {
+      if (replaces !== undefined && context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced') throw new AlreadyReplacedError(errorDetail(err), { cause: err })
+      throw err
+    })
     const pending = (await client.getAuthorizations(order)).filter((authz) => authz.status !== 'valid')
     const { solvers } = this.#opts
     const published: Array<() => Promise<void>> = []
@@ -155,6 +250,33 @@ export class Issuer {
   }
 
   /**
+   * The CA's directory, read once a day (and again after a failed read), and
+   * the check of options.profile against the profiles it offers: an unknown
+   * profile rejects with FST_AUTOCERT_INVALID_PROFILE, which names them.
+   */
+  #readDirectory (): Promise<Directory> {
+    const now = Date.now()
+    if (this.#directory === undefined || now - this.#directory.at > DIRECTORY_MAX_AGE) {
+      const read = this.#fetchDirectory()
+      this.#directory = { at: now, read }
+      read.catch(() => { if (this.#directory?.read === read) this.#directory = undefined })
+    }
+    return this.#directory.read
+  }
+
+  async #fetchDirectory (): Promise<Directory> {
+    const { directoryUrl, profile } = this.#opts
+    const own = AbortSignal.timeout(REQUEST_TIMEOUT)
+    const response = await inContext(own, async () => await acme.axios.get(directoryUrl, { validateStatus: (status: number) => status === 200 }))
+    const directory = (typeof response.data === 'object' && response.data !== null ? response.data : {}) as Directory
+    if (profile !== undefined) {
+      const profiles = Object.keys(directory.meta?.profiles ?? {})
+      if (!profiles.includes(profile)) throw new FST_AUTOCERT_INVALID_PROFILE(JSON.stringify(profile), profiles.length === 0 ? 'none' : profiles.join(', '))
+    }
+    return { renewalInfo: typeof directory.renewalInfo === 'string' ? directory.renewalInfo : undefined, meta: directory.meta }
+  }
+
+  /**
    * The account, registered once per process and shared by every order. The
    * registration has its own deadline and request context: an order that gives
    * up waiting for it does not fail the orders that share it.
@@ -162,7 +284,7 @@ export class Issuer {
   #account (signal: AbortSignal): Promise<acme.Client> {
     if (this.#client === undefined) {
       const own = AbortSignal.timeout(ORDER_DEADLINE)
-      this.#client = ordering.run(own, () => this.#register(own)).catch((err: unknown) => {
+      this.#client = inContext(own, async () => await this.#register(own)).catch((err: unknown) => {
         this.#client = undefined
         throw err
       })
@@ -239,6 +361,18 @@ async function problem (client: acme.Client, order: acme.Order): Promise<string>
   }
   return 'the CA marked the order invalid'
 }
+
+function errorDetail (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+/**
+ * acme-client's axios instance retries a failed request (a 5xx, a 429, a
+ * network error) up to 5 times, 5 to 25 s apart, counting its attempts on the
+ * request's config: a request that starts with the count at its maximum is
+ * tried once. For requests whose failure has a later retry of their own.
+ */
+const RETRIED_ENOUGH = { retryAttempt: Number.MAX_SAFE_INTEGER } as Record<string, unknown>
 
 function newKey (keyType: KeyType): Promise<Buffer> {
   return keyType === 'rsa' ? acme.crypto.createPrivateRsaKey(2048) : acme.crypto.createPrivateEcdsaKey('P-256')

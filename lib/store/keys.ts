@@ -14,6 +14,8 @@ export const storeKeys = {
   certificate: (name: string, keyType: KeyType): string => keyType === 'rsa' ? `${name}+rsa` : name,
   /** The fleet's failure record of one certificate key (JSON). */
   failure: (certificateKey: string): string => `${certificateKey}+failure`,
+  /** The fleet's renewal information (RFC 9773 window, next check) of one certificate key (JSON). */
+  renewalInfo: (certificateKey: string): string => `${certificateKey}+ari`,
   /** A pending HTTP-01 answer (JSON: domain and key authorization). */
   http01: (token: string): string => `${token}+http-01`,
   /** A pending TLS-ALPN-01 challenge certificate (PEM bundle): one per name at a time. */
@@ -39,6 +41,8 @@ export const storeLimits = {
   certificate: 64 * 1024,
   /** A failure record (JSON): 16 KiB. It takes about 100 bytes plus its error message, which is cut to 2,000 characters when written. */
   failure: 16 * 1024,
+  /** A renewal-information record (JSON): 16 KiB. It takes about 250 bytes plus the CA's explanationURL, at most 2,000 characters. */
+  renewalInfo: 16 * 1024,
   /** A pending HTTP-01 answer (JSON): 4 KiB. A domain of at most 253 characters and a key authorization of at most 172 take under 500 bytes. */
   http01: 4 * 1024,
   /** A pending TLS-ALPN-01 challenge (PEM bundle), as a certificate: 64 KiB. A P-256 key and its one certificate take about 1 KiB. */

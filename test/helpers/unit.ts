@@ -7,6 +7,9 @@
  * budget, renewal times, eviction, refusals), hours of it in milliseconds;
  * the same paths run against real Pebble and Azurite in the other files.
  */
+import { AlreadyReplacedError, type IssueOptions } from '../../lib/acme/issuer'
+import type { RenewalInfo } from '../../lib/acme/ari'
+import type { Certificate } from '../../lib/certificate'
 import type { Clock, Timer } from '../../lib/clock'
 import { CertificateManager, type CertificateSource, type ManagerOptions } from '../../lib/manager'
 import type { Logger } from '../../lib/events'
@@ -76,8 +79,8 @@ export async function settle (): Promise<void> {
 export class LocalIssuer implements CertificateSource {
   readonly ca: TestCa = createCa()
   readonly #clock: ManualClock
-  /** Every issue() call: the name and the clock's time. */
-  readonly calls: Array<{ name: string, at: number }> = []
+  /** Every issue() call: the name, the clock's time and the serial it names as replaced. */
+  readonly calls: Array<{ name: string, at: number, replaces?: string }> = []
   /** Certificate lifetime (ms). */
   lifetime = 90 * 86_400_000
   /** When set, issue() rejects with this error. */
@@ -101,14 +104,18 @@ export class LocalIssuer implements CertificateSource {
     this.#clock = clock
   }
 
-  async issue (name: string, _keyType: string, signal: AbortSignal): Promise<{ key: string, chain: string }> {
-    this.calls.push({ name, at: this.#clock.now() })
+  async issue (name: string, _keyType: string, signal: AbortSignal, { replaces }: IssueOptions = {}): Promise<{ key: string, chain: string }> {
+    this.calls.push({ name, at: this.#clock.now(), ...(replaces === undefined ? {} : { replaces: replaces.serial }) })
     if (this.stall) {
       await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
     }
     if (this.gate !== undefined) await untilAborted(this.gate, signal)
     if (this.failWith !== undefined) throw this.failWith
     return this.ca.issue(name, { notBefore: this.#clock.now() - this.backdate, lifetime: this.lifetime })
+  }
+
+  protected get now (): number {
+    return this.#clock.now()
   }
 
   clockOffset (): number | undefined {
@@ -121,6 +128,48 @@ export class LocalIssuer implements CertificateSource {
   }
 }
 
+/**
+ * A LocalIssuer that publishes renewal information (RFC 9773) the test sets:
+ * `answer(cert)` decides each answer (default: the window Pebble gives, a day
+ * either side of two thirds of the lifetime, with Retry-After 6 h).
+ */
+export class AriIssuer extends LocalIssuer {
+  /** Every renewalInfo() call: the serial and the clock's time. */
+  readonly checks: Array<{ serial: string, at: number }> = []
+  readonly revoked: Array<{ serial: string, reason?: number }> = []
+  /** Serials the CA counts as replaced: an order naming one is refused with AlreadyReplacedError. */
+  readonly replaced = new Set<string>()
+  /** Runs before an order is refused as replaced already (to change the store meanwhile, as another instance would). */
+  beforeRefusal: (() => Promise<void>) | undefined
+  answer: (cert: Certificate) => RenewalInfo | Error | undefined = (cert) => {
+    const ideal = cert.notAfter - (cert.notAfter - cert.notBefore) / 3
+    return { window: { start: Math.max(cert.notBefore, ideal - 86_400_000), end: Math.min(cert.notAfter, ideal + 86_400_000) }, retryAfter: 6 * 3_600_000 }
+  }
+
+  async renewalInfo (cert: Certificate): Promise<RenewalInfo | undefined> {
+    this.checks.push({ serial: cert.serial, at: this.now })
+    const answer = this.answer(cert)
+    if (answer instanceof Error) throw answer
+    return answer
+  }
+
+  override async issue (name: string, keyType: string, signal: AbortSignal, options: IssueOptions = {}): Promise<{ key: string, chain: string }> {
+    const { replaces } = options
+    if (replaces !== undefined && this.replaced.has(replaces.serial)) {
+      this.calls.push({ name, at: this.now, replaces: replaces.serial })
+      await this.beforeRefusal?.()
+      throw new AlreadyReplacedError(`certificate with serial ${replaces.serial} already has a replacement order`)
+    }
+    const issued = await super.issue(name, keyType, signal, options)
+    if (replaces !== undefined) this.replaced.add(replaces.serial)
+    return issued
+  }
+
+  async revoke (cert: Certificate, reason: number | undefined): Promise<void> {
+    this.revoked.push({ serial: cert.serial, ...(reason === undefined ? {} : { reason }) })
+  }
+}
+
 export interface LogLine { level: keyof Logger, obj: Record<string, unknown>, msg: string }
 
 export function recordingLogger (): Logger & { lines: LogLine[] } {
@@ -129,17 +178,19 @@ export function recordingLogger (): Logger & { lines: LogLine[] } {
   return { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') }
 }
 
-export interface Unit {
+export interface Unit<I extends LocalIssuer = LocalIssuer> {
   manager: CertificateManager
   clock: ManualClock
-  issuer: LocalIssuer
+  issuer: I
   store: MemoryStore
   log: ReturnType<typeof recordingLogger>
 }
 
 /** A manager on a ManualClock, a LocalIssuer and a MemoryStore, with the plugin's defaults unless overridden. */
-export function unitManager (options: Partial<ManagerOptions> & { domains: string[] }, clock = new ManualClock()): Unit {
-  const issuer = new LocalIssuer(clock)
+export function unitManager (options: Partial<ManagerOptions> & { domains: string[] }, clock?: ManualClock): Unit
+export function unitManager<I extends LocalIssuer> (options: Partial<ManagerOptions> & { domains: string[] }, clock: ManualClock, makeIssuer: (clock: ManualClock) => I): Unit<I>
+export function unitManager (options: Partial<ManagerOptions> & { domains: string[] }, clock = new ManualClock(), makeIssuer = (c: ManualClock): LocalIssuer => new LocalIssuer(c)): Unit {
+  const issuer = makeIssuer(clock)
   const store = options.store as MemoryStore | undefined ?? new MemoryStore()
   const log = recordingLogger()
   const manager = new CertificateManager({
