@@ -8,8 +8,8 @@ import { startServices } from './helpers/services'
 import { freePort } from './support/ports'
 import { handshake } from './support/tls'
 
-// Certificates that live 24 s: the default rule renews when a third (8 s)
-// remains, so a renewal falls due about 16 s after issuance.
+// Certificates that live 24 s: the default rule renews a certificate of under
+// 10 days when half its lifetime (12 s) remains, about 12 s after issuance.
 const VALIDITY = 24
 
 t.test('a short-lived certificate is renewed and the new one served, with every handshake succeeding', async (t) => {
