@@ -15,6 +15,8 @@ export interface Settings {
   connectionString: string
   container: string
   directoryUrl: string
+  /** The CA's certificate profile (Let's Encrypt: classic, tlsserver, shortlived); none: the CA's default. */
+  profile: string | undefined
   email: string | undefined
   host: string
   httpsPort: number
@@ -41,6 +43,7 @@ export async function fastifyServer (config: Settings): Promise<FastifyInstance>
     domains: config.domains,
     email: config.email,
     directoryUrl: config.directoryUrl,
+    profile: config.profile,
     termsOfServiceAgreed: true,
     store,
     http01: { port: config.httpPort, host: config.host }
@@ -59,6 +62,7 @@ export function settings (): Settings {
     connectionString: required('AZURE_STORAGE_CONNECTION_STRING', 'copy it from the storage account\'s "Access keys" page'),
     container: env.AZURE_STORAGE_CONTAINER || 'autocertcache',
     directoryUrl: env.ACME_DIRECTORY_URL || 'staging',
+    profile: env.ACME_PROFILE || undefined,
     email: env.ACME_EMAIL || undefined,
     host: env.HOST || '0.0.0.0',
     httpsPort: Number(env.HTTPS_PORT || 443),

@@ -20,6 +20,7 @@ async function main (): Promise<void> {
     domains: config.domains,
     email: config.email,
     directoryUrl: config.directoryUrl,
+    profile: config.profile,
     termsOfServiceAgreed: true,
     // Options, not a store: createAutocert() builds the AzureBlobStore and closes it in close().
     store: { connectionString: config.connectionString, container: config.container },

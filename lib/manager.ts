@@ -677,6 +677,8 @@ export class CertificateManager {
     this.#fail(slot, err, retryAt)
     this.#hold(slot, retryAt, 'failures')
     this.#opts.log.error({ domain: slot.name, failures, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate order failed')
+    // A mistake in the options is reported as itself, with its own code: nothing the CA did.
+    if (errorCode(err) === 'FST_AUTOCERT_INVALID_PROFILE') return err as Error
     return Object.assign(new FST_AUTOCERT_ORDER_FAILED(slot.name, errorMessage(err)), { cause: err })
   }
 

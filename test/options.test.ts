@@ -49,7 +49,10 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
     ['a fractional onDemand cacheSize', { onDemand: { allow: () => true, cacheSize: 1.5 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.cacheSize/],
     ['an instanceId with a newline', { instanceId: 'host\nforged' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.instanceId/],
     ['an empty instanceId', { instanceId: '' }, 'FST_AUTOCERT_INVALID_OPTION', /printable ASCII/],
-    ['a logger without warn', { logger: { info () {} } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.logger/]
+    ['a logger without warn', { logger: { info () {} } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.logger/],
+    ['an empty profile', { profile: '' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.profile must be the name of one of the CA's profiles/],
+    ['a profile that is no token', { profile: 'short lived' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.profile/],
+    ['a profile that is no string', { profile: 160 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.profile/]
   ]
   for (const [what, override, code, message] of cases) {
     const err = await registerError({ ...valid(), ...override })

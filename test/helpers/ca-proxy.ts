@@ -37,6 +37,12 @@ export interface CaProxy {
    * answers are the only fakes; every other answer is Pebble's own.
    */
   intercept: (req: { method: string, path: string }) => FakeAnswer | undefined
+  /**
+   * Changes Pebble's own answer before it is passed on: headers to set (e.g.
+   * a shorter Retry-After) or a new body (e.g. a directory without
+   * `renewalInfo`, as a CA without ARI serves). Undefined passes it unchanged.
+   */
+  rewrite: (req: { method: string, path: string }, answer: { status: number, body: Buffer }) => { headers?: Record<string, string>, body?: string } | undefined
   seen: Seen[]
   close (): Promise<void>
 }
@@ -71,6 +77,7 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
     directoryUrl: '',
     caCert,
     intercept: () => undefined,
+    rewrite: () => undefined,
     seen,
     close: async () => {
       agent.destroy()
@@ -97,8 +104,19 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
       host: upstream.hostname, port: upstream.port, method, path: url, headers: req.headers, agent
     }, (answer) => {
       record.status = answer.statusCode ?? 0
-      res.writeHead(record.status, answer.headers)
-      answer.pipe(res)
+      const chunks: Buffer[] = []
+      answer.on('data', (chunk: Buffer) => chunks.push(chunk))
+      answer.on('end', () => {
+        let body = Buffer.concat(chunks)
+        const headers = { ...answer.headers }
+        const changed = proxy.rewrite({ method, path: url }, { status: record.status, body })
+        if (changed?.body !== undefined) {
+          body = Buffer.from(changed.body)
+          delete headers['transfer-encoding']
+          headers['content-length'] = String(body.length)
+        }
+        res.writeHead(record.status, { ...headers, ...changed?.headers }).end(body)
+      })
     })
     forward.on('error', () => { record.status = 502; res.writeHead(502).end() })
     req.pipe(forward)

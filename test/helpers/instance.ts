@@ -21,13 +21,17 @@ export interface Instance {
 
 export type InstanceOptions = Omit<InstanceConfig, 'directoryUrl'>
 
-/** Starts one app process (test/fixtures/instance.ts) and waits until it listens. */
-export async function startInstance (pebble: Pebble, options: InstanceOptions): Promise<Instance> {
-  const config: InstanceConfig = { directoryUrl: pebble.directoryUrl, ...options }
+/**
+ * Starts one app process (test/fixtures/instance.ts) and waits until it
+ * listens. `ca`: the CA it orders from when not `pebble` itself (a proxy in
+ * front of it), with a file of the certificates its listener needs trusted.
+ */
+export async function startInstance (pebble: Pebble, options: InstanceOptions, ca: { directoryUrl: string, caFile: string } = pebble): Promise<Instance> {
+  const config: InstanceConfig = { directoryUrl: ca.directoryUrl, ...options }
   // The test's own execArgv holds its TypeScript loader (and, under tap, the
   // coverage hooks): the child runs the same way, so its coverage merges too.
   const child = spawnTracked(process.execPath, [...process.execArgv, FIXTURE], {
-    env: { ...process.env, AUTOCERT_INSTANCE: JSON.stringify(config), NODE_EXTRA_CA_CERTS: pebble.caFile }
+    env: { ...process.env, AUTOCERT_INSTANCE: JSON.stringify(config), NODE_EXTRA_CA_CERTS: ca.caFile }
   })
   const logs: Array<Record<string, unknown>> = []
   const waiters = new Set<() => void>()
