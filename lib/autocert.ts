@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import type { SecureContext, TLSSocket } from 'node:tls'
 import { CHALLENGE_LOOKUP_LIMITS } from './acme/challenge-lookups'
 import { Http01Challenges } from './acme/challenges'
+import { FallbackIssuer } from './acme/fallback'
 import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
 import type { Certificate } from './certificate'
@@ -163,9 +164,20 @@ export class AutocertCore implements AutocertServer {
     this.#http01 = new Http01Challenges(store, log)
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store, log)
     const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
-    const { directoryUrl, email, externalAccountBinding, profile } = opts
+    const { email, profile } = opts
     const locks = this.#locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
-    const issuer = new Issuer({ directoryUrl, email, externalAccountBinding, profile, store, locks, solvers: opts.challenges.map((type) => solvers[type]) })
+    // One issuer per CA, each with its own account in the store; several make a fallback list.
+    const issuers = opts.directoryUrl.map(({ directoryUrl, externalAccountBinding }, i) => new Issuer({
+      directoryUrl,
+      externalAccountBinding,
+      accountKey: i === 0 ? storeKeys.account : storeKeys.accountOf(directoryUrl),
+      email,
+      profile,
+      store,
+      locks,
+      solvers: opts.challenges.map((type) => solvers[type])
+    }))
+    const issuer = issuers.length === 1 ? issuers[0] : new FallbackIssuer(issuers, log)
     // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
     this.manager = new CertificateManager({ ...settings, store, issuer, log })

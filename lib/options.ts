@@ -49,8 +49,15 @@ export interface AutocertOptions {
   termsOfServiceAgreed: boolean
   /** Contact address for the ACME account (expiry notices, CA announcements). Default: none. */
   email?: string
-  /** `'production'` (Let's Encrypt, the default), `'staging'` (Let's Encrypt staging) or an https:// ACME directory URL. */
-  directoryUrl?: string
+  /**
+   * The CA: `'production'` (Let's Encrypt, the default), `'staging'` (Let's
+   * Encrypt staging) or an https:// ACME directory URL. Or a list of CAs in
+   * order of preference: an order the first cannot serve (unreachable, 5xx,
+   * rate-limited) is placed with the next, and later orders try the first
+   * again. Each entry may be `{ url, externalAccountBinding }`; each CA has
+   * its own account in the store.
+   */
+  directoryUrl?: string | Array<string | CaOptions>
   /**
    * The CA's certificate profile, named in every new order
    * (draft-ietf-acme-profiles): Let's Encrypt offers `'classic'` (its default),
@@ -114,7 +121,7 @@ export interface AutocertOptions {
    * Default: `['http-01']`.
    */
   challenges?: readonly ChallengeType[]
-  /** External account binding, for CAs that require it (ZeroSSL, Google). */
+  /** External account binding, for CAs that require it (ZeroSSL, Google): of the first CA of `directoryUrl`, unless that entry has its own. */
   externalAccountBinding?: { kid: string, hmacKey: string }
   /**
    * Where to log (a pino-compatible logger: debug, info, warn, error taking an
@@ -122,6 +129,20 @@ export interface AutocertOptions {
    * warnings and errors on stderr for createAutocert().
    */
   logger?: Logger
+}
+
+/** One CA of a `directoryUrl` list. */
+export interface CaOptions {
+  /** `'production'`, `'staging'` or an https:// ACME directory URL. */
+  url: string
+  /** External account binding for this CA, when it requires one. */
+  externalAccountBinding?: { kid: string, hmacKey: string }
+}
+
+/** A CA as validated: its directory URL and its binding. */
+export interface CaSettings {
+  directoryUrl: string
+  externalAccountBinding?: { kid: string, hmacKey: string }
 }
 
 const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01']
@@ -245,15 +266,22 @@ const rules = {
     }
     return http01
   },
-  directoryUrl: (value: AutocertOptions['directoryUrl']): string => {
-    if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
-    if (value === 'staging') return acme.directory.letsencrypt.staging
-    let url: URL | undefined
-    try {
-      url = new URL(value)
-    } catch {}
-    if (url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
-    return value
+  /** Always a list here, without repeats, the preferred CA first; `externalAccountBinding` folded into the first. */
+  directoryUrl: (value: AutocertOptions['directoryUrl'], options: AutocertOptions): CaSettings[] => {
+    const entries = Array.isArray(value) ? value : [value ?? 'production']
+    if (entries.length === 0) throw new FST_AUTOCERT_INVALID_DIRECTORY_URL('[] (an empty list)')
+    const cas = entries.map((entry, i): CaSettings => {
+      const given = typeof entry === 'object' && entry !== null ? entry : { url: entry }
+      const binding = given.externalAccountBinding ?? (i === 0 && typeof entry !== 'object' ? options.externalAccountBinding : undefined)
+      if (binding !== undefined && !(typeof binding?.kid === 'string' && typeof binding.hmacKey === 'string')) {
+        throw new FST_AUTOCERT_INVALID_OPTION(typeof entry === 'object' ? `directoryUrl[${i}].externalAccountBinding` : 'externalAccountBinding', 'must be { kid, hmacKey }, as the CA gives them')
+      }
+      return { directoryUrl: directoryUrl(given.url), ...(binding === undefined ? {} : { externalAccountBinding: binding }) }
+    })
+    const urls = cas.map((ca) => ca.directoryUrl)
+    const repeated = urls.find((url, i) => urls.indexOf(url) !== i)
+    if (repeated !== undefined) throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(`${JSON.stringify(repeated)} twice in the list`)
+    return cas
   },
   profile: (profile: AutocertOptions['profile']): string | undefined => {
     // Profile names are short tokens (Let's Encrypt's: classic, tlsserver, shortlived).
@@ -262,8 +290,21 @@ const rules = {
     }
     return profile
   },
+  /** Folded into directoryUrl's first CA by its rule. */
   externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value
 } satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }
+
+/** One directory URL: a name Let's Encrypt's, or an https:// URL. */
+function directoryUrl (value: unknown): string {
+  if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
+  if (value === 'staging') return acme.directory.letsencrypt.staging
+  let url: URL | undefined
+  try {
+    url = new URL(String(value))
+  } catch {}
+  if (typeof value !== 'string' || url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
+  return value
+}
 
 /** A duration option: a positive number of milliseconds that a timer can wait (at most 2^31 - 1), or its default. */
 function milliseconds (name: keyof AutocertOptions, value: number | undefined, fallback: number): number {

@@ -16,6 +16,8 @@ export interface IssuerOptions {
   directoryUrl: string
   email?: string
   externalAccountBinding?: { kid: string, hmacKey: string }
+  /** Where the account key of this CA is kept (a storeKeys.account* key); also the name of its lock. Default: storeKeys.account. */
+  accountKey?: string
   /** The CA's profile (draft-ietf-acme-profiles) named in every new order; checked against the directory's `meta.profiles`. */
   profile?: string
   store: CertStore
@@ -48,13 +50,40 @@ const ordering = new AsyncLocalStorage<RequestContext>()
  */
 interface RequestContext {
   signal: AbortSignal
-  problem?: { type: string, status: number }
+  /** The CA's last error answer: its status, and its problem type when it sent a problem document. */
+  problem?: { type?: string, status: number }
 }
 
-/** Runs `fn` with its requests bound to `signal`: see RequestContext. */
-function inContext<T> (signal: AbortSignal, fn: (context: RequestContext) => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` with its requests bound to `signal` (see RequestContext). An
+ * error that shows the CA unable to serve (see isCaUnavailable) is marked so.
+ */
+async function inContext<T> (signal: AbortSignal, fn: (context: RequestContext) => Promise<T>): Promise<T> {
   const context: RequestContext = { signal }
-  return ordering.run(context, () => fn(context))
+  try {
+    return await ordering.run(context, () => fn(context))
+  } catch (err) {
+    if (!signal.aborted && unavailable(err, context) && typeof err === 'object' && err !== null) caUnavailable.add(err)
+    throw err
+  }
+}
+
+/** Errors that show the CA unable to serve: it could not be reached, it failed (5xx), or it said it is rate limited. */
+const caUnavailable = new WeakSet<object>()
+
+/** Network failures: the CA refused the connection, reset it, could not be found or did not answer in time. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED', 'EPIPE'])
+
+function unavailable (err: unknown, context: RequestContext): boolean {
+  const { problem } = context
+  if (problem !== undefined && (problem.status >= 500 || problem.status === 429 || problem.type === 'urn:ietf:params:acme:error:rateLimited')) return true
+  const code = (err as { code?: unknown } | undefined)?.code
+  return typeof code === 'string' && UNREACHABLE.has(code)
+}
+
+/** True for an error of an order or account lookup that shows its CA unable to serve: another CA may. */
+export function isCaUnavailable (err: unknown): boolean {
+  return typeof err === 'object' && err !== null && caUnavailable.has(err)
 }
 let guarded = false
 
@@ -80,18 +109,22 @@ function installRequestGuard (): void {
     noteProblem(response)
     return response
   }, (err: unknown) => {
-    noteClock((err as { response?: ClockSample } | undefined)?.response)
+    const { response } = err as { response?: ClockSample & { status: number } }
+    noteClock(response)
+    noteProblem(response)
     throw err
   })
 }
 
 interface ClockSample { headers?: Record<string, unknown>, config?: { url?: string } }
 
-/** Notes the problem type of a CA's error answer in its request's context. */
-function noteProblem (response: { status: number, data?: unknown }): void {
+/** Notes a CA's error answer (its status, its problem type) in its request's context. */
+function noteProblem (response: { status: number, data?: unknown } | undefined): void {
   const context = ordering.getStore()
-  const type = (response.data as { type?: unknown } | undefined)?.type
-  if (context !== undefined && response.status >= 400 && typeof type === 'string') context.problem = { type, status: response.status }
+  if (context === undefined) return
+  // Only the last answer counts: an error answer retried with success is no error of the order's.
+  const type = (response?.data as { type?: unknown } | undefined)?.type
+  context.problem = response === undefined || response.status < 400 ? undefined : { ...(typeof type === 'string' ? { type } : {}), status: response.status }
 }
 
 function noteClock (response: ClockSample | undefined): void {
@@ -152,6 +185,11 @@ export class Issuer {
     } finally {
       if (onLockWait !== undefined) this.#accountWaiters.delete(onLockWait)
     }
+  }
+
+  /** The CA's directory URL. */
+  get directoryUrl (): string {
+    return this.#opts.directoryUrl
   }
 
   /** The CA's clock minus this machine's (ms), from the Date header of the CA's last answer; undefined before any. */
@@ -302,19 +340,20 @@ export class Issuer {
    */
   async #register (signal: AbortSignal): Promise<acme.Client> {
     const { store, locks } = this.#opts
-    const stored = await readBounded(store, storeKeys.account, storeLimits.account)
+    const { accountKey: accountStoreKey = storeKeys.account } = this.#opts
+    const stored = await readBounded(store, accountStoreKey, storeLimits.account)
     if (stored !== undefined) {
       const client = this.#newClient(stored)
       if (await this.#lookUp(client)) return client
     }
     const onWait = (holder: string | undefined): void => { for (const waiter of this.#accountWaiters) waiter(holder) }
-    const lock = await locks.take(storeKeys.account, signal, { onWait })
+    const lock = await locks.take(accountStoreKey, signal, { onWait })
     try {
-      let accountKey = await readBounded(store, storeKeys.account, storeLimits.account)
+      let accountKey = await readBounded(store, accountStoreKey, storeLimits.account)
       const created = accountKey === undefined
       accountKey ??= await acme.crypto.createPrivateEcdsaKey('P-256')
       const client = this.#newClient(accountKey)
-      const saved = created ? store.put(storeKeys.account, accountKey) : undefined
+      const saved = created ? store.put(accountStoreKey, accountKey) : undefined
       saved?.catch(() => {})
       if (created || !(await this.#lookUp(client))) await client.createAccount(this.#newAccount())
       await saved

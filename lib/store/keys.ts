@@ -1,4 +1,5 @@
 // Every store key the plugin writes, built in one place.
+import { createHash } from 'node:crypto'
 import type { KeyType } from '../acme/issuer'
 
 /**
@@ -20,8 +21,13 @@ export const storeKeys = {
   http01: (token: string): string => `${token}+http-01`,
   /** A pending TLS-ALPN-01 challenge certificate (PEM bundle): one per name at a time. */
   tlsAlpn01: (name: string): string => `${name}+tls-alpn-01`,
-  /** The ACME account key (PEM), shared by the fleet; also the name of the lock taken to register it. */
+  /** The ACME account key (PEM) of the first CA, shared by the fleet; also the name of the lock taken to register it. */
   account: 'acme_account+key',
+  /**
+   * The account key of each further CA of a `directoryUrl` list, by its URL
+   * (12 hex digits of its SHA-256): `acme_account+key+<hash>`. The first CA's is `account`.
+   */
+  accountOf: (directoryUrl: string): string => `acme_account+key+${createHash('sha256').update(directoryUrl).digest('hex').slice(0, 12)}`,
   /** The fleet's log of recent orders (JSON), and the name of its lock. */
   orderLog: 'acme_orders+log',
   /** Per-name order locks are named after the name itself. */

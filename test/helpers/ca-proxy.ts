@@ -44,6 +44,10 @@ export interface CaProxy {
    */
   rewrite: (req: { method: string, path: string }, answer: { status: number, body: Buffer }) => { headers?: Record<string, string>, body?: string } | undefined
   seen: Seen[]
+  /** Stops listening: connections are refused, as by a CA that is down. */
+  pause (): Promise<void>
+  /** Listens again, on the same port. */
+  resume (): Promise<void>
   close (): Promise<void>
 }
 
@@ -79,10 +83,17 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
     intercept: () => undefined,
     rewrite: () => undefined,
     seen,
+    pause: async () => {
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    },
+    resume: async () => {
+      await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+    },
     close: async () => {
       agent.destroy()
       server.closeAllConnections()
-      await new Promise((resolve) => server.close(resolve))
+      if (server.listening) await new Promise((resolve) => server.close(resolve))
     }
   }
 
@@ -122,7 +133,8 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
     req.pipe(forward)
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  proxy.directoryUrl = `https://127.0.0.1:${(server.address() as AddressInfo).port}${upstream.pathname}`
+  const { port } = server.address() as AddressInfo
+  proxy.directoryUrl = `https://127.0.0.1:${port}${upstream.pathname}`
   return proxy
 }
 
