@@ -6,6 +6,7 @@ import { sleep, untilAborted } from '../signals'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
 import type { ChallengeSolver } from './challenges'
+import { retrying } from './retry'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -205,7 +206,8 @@ export class Issuer {
 
   #newClient (accountKey: Buffer): acme.Client {
     const { directoryUrl, externalAccountBinding } = this.#opts
-    return new acme.Client({ directoryUrl, accountKey, externalAccountBinding })
+    // 429 and 5xx retried with a fresh nonce, the CA's Retry-After, within the order's signal (retry.ts).
+    return retrying(new acme.Client({ directoryUrl, accountKey, externalAccountBinding }), () => ordering.getStore())
   }
 
   // A plain newAccount for a known key turns into an account update, which CAs
