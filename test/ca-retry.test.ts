@@ -51,16 +51,16 @@ function status (app: TestApp, domain: string): DomainStatus {
 const newOrders = (proxy: CaProxy, since = 0): Seen[] => proxy.seen.filter((r) => r.method === 'POST' && r.path.startsWith('/order-plz') && r.at >= since)
 
 /*
- * Without the fix (issuer.ts building its clients without retrying()), on this
- * same Pebble: acme-client waits the 2 s and sends the refused JWS again, nonce
- * and all; Pebble answers it 400 badNonce (the proxy had spent that nonce, as a
- * real CA does), and acme-client's badNonce path, one more round trip later,
- * gets the order through with the nonce of that answer. The order succeeds, but
- * the new-order requests the proxy sees are [429 or 503, 400 badNonce, 201]:
- * the retry carried the rejected nonce, and the assertions on it fail. A CA
- * that refuses once more than acme-client's 5 badNonce retries (or a Retry-After
- * of 600 s, which acme-client waits out inside the order, cancellable by nothing)
- * fails or stalls the order.
+ * Seen without the fix (issuer.ts building its clients without retrying()), on
+ * this same Pebble: acme-client waits the 2 s, then sends the refused JWS again,
+ * nonce and all; Pebble answers it 400 badNonce (the proxy had spent that nonce,
+ * as a real CA does), and acme-client's badNonce path gets the order through one
+ * round trip later, with the nonce of that answer. The order succeeds, but the
+ * new-order requests are [the fake 429 or 503, Pebble's 400 badNonce, 201]: the
+ * retry carried the rejected nonce, and 4 assertions of each case fail (the
+ * statuses, the fresh nonce, no badNonce, where the nonce came from). By its code
+ * (src/axios.js), acme-client would also wait out a Retry-After of 600 s inside
+ * the order, in a timer nothing cancels.
  */
 t.test('a 429 or a 503 with Retry-After: 2 on new-order, once: the retry carries a fresh nonce, after 2 s, and the order succeeds', async (t) => {
   const s = await services(t)
