@@ -206,7 +206,7 @@ export class Issuer {
 
   #newClient (accountKey: Buffer): acme.Client {
     const { directoryUrl, externalAccountBinding } = this.#opts
-    // 429 and 5xx retried with a fresh nonce, the CA's Retry-After, within the order's signal (retry.ts).
+    // 429s, 5xx and network errors retried with a fresh nonce, the CA's Retry-After, within the order's signal (retry.ts).
     return retrying(new acme.Client({ directoryUrl, accountKey, externalAccountBinding }), () => ordering.getStore())
   }
 

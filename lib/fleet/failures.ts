@@ -66,7 +66,7 @@ export class FailureRecords {
    * own backoff.
    *
    * The next try is the backoff step's, or later when the CA asked for later
-   * (a CaRefusal's retryAt: its rateLimited or 503 answer's Retry-After), but
+   * (a CaRefusal's retryAt: the Retry-After of its 429 or 5xx, e.g. rateLimited), but
    * never later than the longest step: what read() takes as plausible, and
    * the most any answer of the CA can stop a name for.
    */

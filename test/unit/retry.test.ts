@@ -130,3 +130,31 @@ t.test('a refusal given up on is a CaRefusal with the status, the problem type a
   t.match(refusal.message, /^maintenance \(the CA answered 503 urn:ietf:params:acme:error:serverInternal to GET \/dir; it asks for a wait of 120 s/)
   t.equal(ca.requests(), 1, 'a 120 s Retry-After is not waited for')
 })
+
+t.test('a refused connection is retried (and the wait ends with the order); a timeout is not retried, and acme-client does not retry it either', async (t) => {
+  const accountKey = await acme.crypto.createPrivateEcdsaKey('P-256')
+  // A port nobody listens on: every attempt is ECONNREFUSED.
+  const closed = createServer()
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+  const port = (closed.address() as AddressInfo).port
+  await new Promise((resolve) => closed.close(resolve))
+  const controller = new AbortController()
+  const refused = retrying(new acme.Client({ directoryUrl: `http://127.0.0.1:${port}/dir`, accountKey }), () => controller.signal)
+  const asking = refused.getTermsOfServiceUrl()
+  setTimeout(() => controller.abort(new Error('order over')), 1500)
+  await t.rejects(asking, { message: 'order over' }, 'still retrying (1 s, then 2 s) when the order ends')
+
+  // A CA that takes the request and never answers, with a 300 ms timeout per request.
+  let requests = 0
+  const silent = createServer(() => { requests++ })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { silent.closeAllConnections(); return new Promise((resolve) => silent.close(resolve)) })
+  const timeout = acme.axios.defaults.timeout
+  acme.axios.defaults.timeout = 300
+  t.teardown(() => { acme.axios.defaults.timeout = timeout })
+  const hanging = retrying(new acme.Client({ directoryUrl: `http://127.0.0.1:${(silent.address() as AddressInfo).port}/dir`, accountKey }), () => new AbortController().signal)
+  const started = Date.now()
+  await t.rejects(hanging.getTermsOfServiceUrl(), { code: 'ECONNABORTED' }, 'the timeout is the error')
+  t.ok(Date.now() - started < 3000, `at once (${Date.now() - started} ms): acme-client's retry let it pass`)
+  t.equal(requests, 1, 'one request')
+})
