@@ -360,14 +360,14 @@ t.test('CA down or failing', async (t) => {
     await t.test('500 on every request: the certificate is still served, the renewal fails and is recorded', async (t) => {
       // A failing CA answers 5xx with Retry-After (Let's Encrypt does in an
       // incident). Pebble never answers 5xx: this is the proxy's fake. Without
-      // Retry-After, acme-client would wait 5+10+15+20+25 s before giving up.
+      // Retry-After, the retries (lib/acme/retry.ts) would wait 1+2+4+8+16 s before giving up.
       proxy.intercept = () => ({ status: 500, headers: { 'retry-after': '1' }, problem: { type: 'urn:ietf:params:acme:error:serverInternal', detail: 'the CA is down' } })
       const orders = pebble.orderCount()
       const started = Date.now()
       await t.rejects(app.app.autocert.renew(domain), 'the forced renewal fails')
       const took = Date.now() - started
       const fakes = proxy.seen.filter((r) => r.faked).length
-      t.ok(fakes >= 6, `gave up after ${fakes} answers of 500 in ${took} ms (acme-client retries 5 times)`)
+      t.ok(fakes >= 6, `gave up after ${fakes} answers of 500 in ${took} ms (5 retries, lib/acme/retry.ts)`)
       t.equal(pebble.orderCount(), orders, 'no order reached Pebble')
       const cert = await handshake(app.port, domain, root)
       t.equal(cert.serial, first.serial, 'the current certificate is still served')

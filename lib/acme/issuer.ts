@@ -9,6 +9,7 @@ import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
 import { certificateId, parseRenewalInfo, type RenewalInfo } from './ari'
 import type { ChallengeSolver } from './challenges'
+import { CaRefusal, retrying } from './retry'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -75,6 +76,8 @@ const caUnavailable = new WeakSet<object>()
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED', 'EPIPE'])
 
 function unavailable (err: unknown, context: RequestContext): boolean {
+  // A 429 or 5xx answer retried as long as the order may (retry.ts).
+  if (err instanceof CaRefusal) return true
   const { problem } = context
   if (problem !== undefined && (problem.status >= 500 || problem.status === 429 || problem.type === 'urn:ietf:params:acme:error:rateLimited')) return true
   const code = (err as { code?: unknown } | undefined)?.code
@@ -305,7 +308,8 @@ export class Issuer {
   async #fetchDirectory (): Promise<Directory> {
     const { directoryUrl, profile } = this.#opts
     const own = AbortSignal.timeout(REQUEST_TIMEOUT)
-    const response = await inContext(own, async () => await acme.axios.get(directoryUrl, { validateStatus: (status: number) => status === 200 }))
+    // A CA that is down fails the read at once (the order's backoff, or the next CA, follows): none of acme-client's 75 s of retries.
+    const response = await inContext(own, async () => await acme.axios.get(directoryUrl, { validateStatus: (status: number) => status === 200, ...RETRIED_ENOUGH }))
     const directory = (typeof response.data === 'object' && response.data !== null ? response.data : {}) as Directory
     if (profile !== undefined) {
       const profiles = Object.keys(directory.meta?.profiles ?? {})
@@ -366,7 +370,8 @@ export class Issuer {
 
   #newClient (accountKey: Buffer): acme.Client {
     const { directoryUrl, externalAccountBinding } = this.#opts
-    return new acme.Client({ directoryUrl, accountKey, externalAccountBinding })
+    // 429s, 5xx and network errors retried with a fresh nonce, the CA's Retry-After, within the order's signal (retry.ts).
+    return retrying(new acme.Client({ directoryUrl, accountKey, externalAccountBinding }), () => ordering.getStore()?.signal)
   }
 
   // A plain newAccount for a known key turns into an account update, which CAs

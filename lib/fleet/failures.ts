@@ -1,4 +1,5 @@
 // The fleet's failure records: the backoff every instance follows.
+import { CaRefusal } from '../acme/retry'
 import type { Clock } from '../clock'
 import { errorMessage, type Logger } from '../events'
 import { DEFAULT_RETRY_DELAYS, retryDelay } from '../renewal'
@@ -50,7 +51,7 @@ export class FailureRecords {
    */
   async read (certificateKey: string): Promise<FailureRecord | undefined> {
     const now = this.#clock.now()
-    const latest = now + Math.max(...(this.#delays ?? DEFAULT_RETRY_DELAYS)) + CLOCK_TOLERANCE
+    const latest = now + this.#longest() + CLOCK_TOLERANCE
     const plausible = (data: Buffer): FailureRecord | undefined => {
       const record = parse(data)
       return record !== undefined && record.at <= now + CLOCK_TOLERANCE && record.retryAt <= latest ? record : undefined
@@ -63,14 +64,26 @@ export class FailureRecords {
    * was lost (`lockSignal` aborted: the new holder's word counts then). Store
    * errors are ignored: the record is returned either way, for this instance's
    * own backoff.
+   *
+   * The next try is the backoff step's, or later when the CA asked for later
+   * (a CaRefusal's retryAt: the Retry-After of its 429 or 5xx, e.g. rateLimited), but
+   * never later than the longest step: what read() takes as plausible, and
+   * the most any answer of the CA can stop a name for.
    */
   async record (certificateKey: string, err: unknown, lockSignal: AbortSignal): Promise<FailureRecord> {
     const previous = await this.read(certificateKey).catch(() => undefined)
     const failures = (previous?.failures ?? 0) + 1
     const at = this.#clock.now()
-    const record: FailureRecord = { failures, error: errorMessage(err).slice(0, ERROR_CHARS), at, retryAt: at + retryDelay(failures, this.#delays) }
+    const asked = err instanceof CaRefusal && err.retryAt !== undefined ? Math.min(err.retryAt, at + this.#longest()) : at
+    const retryAt = Math.max(at + retryDelay(failures, this.#delays), asked)
+    const record: FailureRecord = { failures, error: errorMessage(err).slice(0, ERROR_CHARS), at, retryAt }
     if (!lockSignal.aborted) await this.#store.put(storeKeys.failure(certificateKey), JSON.stringify(record)).catch(() => {})
     return record
+  }
+
+  /** The longest backoff step (ms). */
+  #longest (): number {
+    return Math.max(...(this.#delays ?? DEFAULT_RETRY_DELAYS))
   }
 
   /** Forgets the failures of `certificateKey` (it has a certificate now); best effort. */

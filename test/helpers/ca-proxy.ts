@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import os from 'node:os'
@@ -15,6 +16,16 @@ export interface FakeAnswer {
   headers?: Record<string, string>
   /** An ACME problem document (RFC 8555 6.7), sent as application/problem+json. */
   problem?: { type: string, detail: string }
+  /**
+   * Spend the request's nonce at Pebble first, as a real CA spends the nonce
+   * of every request it refuses (Boulder checks it before its rate limits).
+   * The proxy posts the same JWS to a URL it was not signed for: Pebble checks
+   * (and spends) the nonce before it finds the URL wrong, and does nothing
+   * else. For requests signed with a kid (all but newAccount).
+   */
+  spendNonce?: boolean
+  /** Send a fresh nonce of Pebble's in a Replay-Nonce header, as RFC 8555 6.5 asks of error answers too. */
+  replayNonce?: boolean
 }
 
 /** One request the proxy saw, and the status it answered with. */
@@ -24,6 +35,12 @@ export interface Seen {
   at: number
   status: number
   faked: boolean
+  /** A POST's JWS nonce (its protected header's `nonce`). */
+  nonce?: string
+  /** The answer's problem type (RFC 8555 6.7), Pebble's or the fake's, e.g. urn:ietf:params:acme:error:badNonce. */
+  problem?: string
+  /** The nonce a fake answer offered in its Replay-Nonce header (FakeAnswer.replayNonce). */
+  replayNonce?: string
 }
 
 export interface CaProxy {
@@ -34,7 +51,8 @@ export interface CaProxy {
   /**
    * Decides each request: a FakeAnswer replaces Pebble's, undefined passes the
    * request to Pebble. Pebble never answers 5xx or 429 by itself, so these
-   * answers are the only fakes; every other answer is Pebble's own.
+   * answers are the only fakes; every other answer is Pebble's own. Requests
+   * and answers are read whole before they are passed on (ACME's are small).
    */
   intercept: (req: { method: string, path: string }) => FakeAnswer | undefined
   /**
@@ -97,45 +115,84 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
     }
   }
 
-  const server = https.createServer({ key, cert: caCert }, (req, res) => {
-    const method = req.method ?? 'GET'
-    const url = req.url ?? '/'
-    const record: Seen = { method, path: url, at: Date.now(), status: 0, faked: false }
-    seen.push(record)
-    const fake = proxy.intercept({ method, path: url })
-    if (fake !== undefined) {
-      record.status = fake.status
-      record.faked = true
-      req.resume()
-      const body = fake.problem === undefined ? '' : JSON.stringify({ ...fake.problem, status: fake.status })
-      res.writeHead(fake.status, { 'content-type': 'application/problem+json', ...fake.headers }).end(body)
-      return
-    }
-    const forward = https.request({
-      host: upstream.hostname, port: upstream.port, method, path: url, headers: req.headers, agent
-    }, (answer) => {
-      record.status = answer.statusCode ?? 0
+  /** One request to Pebble, as the client made it but for `method`, `path` and the body. */
+  const ask = (req: IncomingMessage, method: string, path: string, body: Buffer): Promise<Answer> => new Promise((resolve, reject) => {
+    const { 'content-length': _, 'transfer-encoding': __, ...rest } = req.headers
+    const headers = { ...rest, ...(body.length > 0 ? { 'content-length': String(body.length) } : {}) }
+    const forward = https.request({ host: upstream.hostname, port: upstream.port, method, path, headers, agent }, (answer) => {
       const chunks: Buffer[] = []
       answer.on('data', (chunk: Buffer) => chunks.push(chunk))
-      answer.on('end', () => {
-        let body = Buffer.concat(chunks)
-        const headers = { ...answer.headers }
-        const changed = proxy.rewrite({ method, path: url }, { status: record.status, body })
-        if (changed?.body !== undefined) {
-          body = Buffer.from(changed.body)
-          delete headers['transfer-encoding']
-          headers['content-length'] = String(body.length)
-        }
-        res.writeHead(record.status, { ...headers, ...changed?.headers }).end(body)
+      answer.on('end', () => resolve({ status: answer.statusCode ?? 0, headers: answer.headers, body: Buffer.concat(chunks) }))
+      answer.on('error', reject)
+    })
+    forward.on('error', reject)
+    forward.end(method === 'HEAD' ? undefined : body)
+  })
+
+  const handle = async (req: IncomingMessage, res: ServerResponse, record: Seen, body: Buffer): Promise<void> => {
+    const fake = proxy.intercept({ method: record.method, path: record.path })
+    if (fake !== undefined) {
+      record.faked = true
+      record.problem = fake.problem?.type
+      // Pebble's nonce URL: a HEAD there answers with a fresh nonce and does nothing else.
+      const [, nonce] = await Promise.all([
+        fake.spendNonce === true ? ask(req, 'POST', '/my-account/spent-by-the-proxy', body) : undefined,
+        fake.replayNonce === true ? ask(req, 'HEAD', '/nonce-plz', Buffer.alloc(0)).then((a) => a.headers['replay-nonce']) : undefined
+      ])
+      if (typeof nonce === 'string') record.replayNonce = nonce
+      const text = fake.problem === undefined ? '' : JSON.stringify({ ...fake.problem, status: fake.status })
+      res.writeHead(fake.status, { 'content-type': 'application/problem+json', ...(typeof nonce === 'string' ? { 'replay-nonce': nonce } : {}), ...fake.headers }).end(text)
+      record.status = fake.status
+      return
+    }
+    const answer = await ask(req, record.method, record.path, body)
+    if (String(answer.headers['content-type']).startsWith('application/problem+json')) {
+      try { record.problem = (JSON.parse(answer.body.toString('utf8')) as { type?: string }).type } catch {}
+    }
+    const changed = proxy.rewrite({ method: record.method, path: record.path }, { status: answer.status, body: answer.body })
+    const headers = { ...answer.headers, ...changed?.headers }
+    let sent = answer.body
+    if (changed?.body !== undefined) {
+      sent = Buffer.from(changed.body)
+      delete headers['transfer-encoding']
+      headers['content-length'] = String(sent.length)
+    }
+    res.writeHead(answer.status, headers).end(sent)
+    record.status = answer.status
+  }
+
+  const server = https.createServer({ key, cert: caCert }, (req, res) => {
+    const record: Seen = { method: req.method ?? 'GET', path: req.url ?? '/', at: Date.now(), status: 0, faked: false }
+    seen.push(record)
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      record.nonce = jwsNonce(body)
+      handle(req, res, record, body).catch(() => {
+        record.status = 502
+        if (!res.headersSent) res.writeHead(502)
+        res.end()
       })
     })
-    forward.on('error', () => { record.status = 502; res.writeHead(502).end() })
-    req.pipe(forward)
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   proxy.directoryUrl = `https://127.0.0.1:${port}${upstream.pathname}`
   return proxy
+}
+
+interface Answer { status: number, headers: IncomingHttpHeaders, body: Buffer }
+
+/** The nonce in a JWS body's protected header (RFC 8555 6.2), undefined for anything else. */
+function jwsNonce (body: Buffer): string | undefined {
+  try {
+    const jws = JSON.parse(body.toString('utf8')) as { protected?: string }
+    const header = JSON.parse(Buffer.from(String(jws.protected), 'base64url').toString('utf8')) as { nonce?: unknown }
+    return typeof header.nonce === 'string' ? header.nonce : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** Makes acme-client trust the proxy's listener (and Pebble's, for direct use), as trustPebble does. */
