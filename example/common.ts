@@ -14,7 +14,8 @@ export interface Settings {
   domains: string[]
   connectionString: string
   container: string
-  directoryUrl: string
+  /** The CAs, in order of preference: the first, then its fallbacks. */
+  directoryUrl: string[]
   /** The CA's certificate profile (Let's Encrypt: classic, tlsserver, shortlived); none: the CA's default. */
   profile: string | undefined
   email: string | undefined
@@ -61,7 +62,7 @@ export function settings (): Settings {
       .split(',').map((name) => name.trim()).filter((name) => name !== ''),
     connectionString: required('AZURE_STORAGE_CONNECTION_STRING', 'copy it from the storage account\'s "Access keys" page'),
     container: env.AZURE_STORAGE_CONTAINER || 'autocertcache',
-    directoryUrl: env.ACME_DIRECTORY_URL || 'staging',
+    directoryUrl: (env.ACME_DIRECTORY_URL || 'staging').split(',').map((url) => url.trim()).filter((url) => url !== ''),
     profile: env.ACME_PROFILE || undefined,
     email: env.ACME_EMAIL || undefined,
     host: env.HOST || '0.0.0.0',

@@ -6,7 +6,8 @@
  *   DOMAINS                          host names to serve, comma-separated (required)
  *   AZURE_STORAGE_CONNECTION_STRING  where certificates and the ACME account live (required)
  *   AZURE_STORAGE_CONTAINER          default autocertcache (created if missing)
- *   ACME_DIRECTORY_URL               'staging' (default), 'production' or an https:// directory URL
+ *   ACME_DIRECTORY_URL               'staging' (default), 'production' or an https:// directory URL;
+ *                                    a comma-separated list for fallback CAs, in order of preference
  *   ACME_PROFILE                     the CA's certificate profile, e.g. 'tlsserver' or 'shortlived'; default: the CA's
  *   ACME_EMAIL                       contact for the ACME account (expiry notices), optional
  *   HOST                             default 0.0.0.0

@@ -1,3 +1,4 @@
+import https from 'node:https'
 import path from 'node:path'
 import type { InstanceConfig } from '../fixtures/instance'
 import type { Pebble } from '../support/pebble'
@@ -70,4 +71,20 @@ export async function startInstance (pebble: Pebble, options: InstanceOptions, c
     kill: async () => { child.kill('SIGKILL'); await exited },
     stop: () => stopChild(child)
   }
+}
+
+/**
+ * A request to the instance's own routes (test/fixtures/instance.ts: status()
+ * and revoke()) over its HTTPS port, with SNI `servername`, verified against `root`.
+ */
+export function callInstance (instance: Instance, servername: string, root: string, method: 'GET' | 'POST', path: string, body?: object): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: instance.port, servername, ca: root, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = ''
+      res.on('data', (d: Buffer) => { text += d.toString() })
+      res.on('end', () => res.statusCode === 200 ? resolve(JSON.parse(text)) : reject(new Error(`${method} ${path}: ${res.statusCode ?? 0} ${text}`)))
+    })
+    req.on('error', reject)
+    req.end(body === undefined ? undefined : JSON.stringify(body))
+  })
 }
