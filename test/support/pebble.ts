@@ -1,3 +1,15 @@
+// Pebble, Let's Encrypt's test CA, and pebble-challtestsrv as its DNS, for one test.
+// Two versions, checked here against their logs and sources:
+// - 2.4.0 (Debian stable, on PATH): no ARI, no profiles; certificateValidityPeriod sets
+//   the lifetime (default 5 years); challtestsrv's DNS flag is -dns01; no User-Agent needed.
+// - 2.10.0 (Debian sid, unpacked by get-pebble.sh): the directory has renewalInfo
+//   (default window notAfter - lifetime/3 +/- 24 h, held within the lifetime; Retry-After
+//   21600, also for a window set through set-renewal-info/), meta.profiles, orders may
+//   name a profile or `replaces`; the lifetime comes from the profile (default 90 days,
+//   certificateValidityPeriod ignored), and so does the CN (Pebble's own default profile
+//   leaves it out); challtestsrv takes -dnsserver and serves DoH on :8443 unless -doh "";
+//   every ACME request (and set-renewal-info/) without a User-Agent gets 400 malformed;
+//   a stray command-line argument is refused.
 import { execFile } from 'node:child_process'
 import { accessSync, constants, rmSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
