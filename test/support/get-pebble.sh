@@ -81,12 +81,14 @@ version="$(dpkg-deb -f "$deb" Version)"
 dpkg -x "$deb" "$stage"
 
 # The binaries must run here: pebble prints its version (`dev` in Debian's build),
-# challtestsrv has no such flag, but its usage must list the 2.10 -dnsserver flag.
+# challtestsrv has no such flag, but its usage must list the 2.10 -dnsserver flag. (Read
+# whole, not piped into grep -q: that may end the writer by SIGPIPE, a failure under pipefail.)
 if ! "$stage/usr/bin/pebble" -version >/dev/null 2>&1; then
   echo "get-pebble: $stage/usr/bin/pebble from pebble $version does not run on this machine" >&2
   exit 1
 fi
-if ! "$stage/usr/bin/pebble-challtestsrv" -h 2>&1 | grep -q -- '-dnsserver'; then
+usage="$("$stage/usr/bin/pebble-challtestsrv" -h 2>&1 || true)"
+if [[ "$usage" != *-dnsserver* ]]; then
   echo "get-pebble: $stage/usr/bin/pebble-challtestsrv from pebble $version does not run on this machine" >&2
   exit 1
 fi
