@@ -168,7 +168,8 @@ async function reservePort (): Promise<{ port: number, release: () => Promise<vo
 
 // Both or neither: a half-started pair would outlive a failed start.
 async function startServices (httpPort: number): Promise<[Azurite, Pebble]> {
-  const [azurite, pebble] = await Promise.allSettled([startAzurite(), startPebble({ httpPort })])
+  // The pebble on PATH that ensurePebble() checked for (Debian's package), whatever PEBBLE_VERSION says.
+  const [azurite, pebble] = await Promise.allSettled([startAzurite(), startPebble({ httpPort, version: '2.4' })])
   if (azurite.status === 'fulfilled' && pebble.status === 'fulfilled') return [azurite.value, pebble.value]
   if (azurite.status === 'fulfilled') await azurite.value.stop()
   if (pebble.status === 'fulfilled') await pebble.value.stop()
