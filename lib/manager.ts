@@ -1,7 +1,7 @@
 // The certificate manager: each name's certificates from memory, the store or a new order, and their renewal.
 import type { SecureContext } from 'node:tls'
 import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo } from './acme/ari'
-import { AlreadyReplacedError, type IssueOptions, type KeyType } from './acme/issuer'
+import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import { systemClock, type Clock, type Timer } from './clock'
 import {
@@ -35,7 +35,7 @@ import { isCorrupt, readBounded, type CertStore, type Lock } from './store/store
 
 /** Orders one certificate; the manager decides when and holds the lock. */
 export interface CertificateSource {
-  /** `replaces`: the certificate the order renews; a CA that has replaced it already rejects with AlreadyReplacedError. */
+  /** `replaces`: the certificate the order renews; a CA that refuses it (replaced already, say) rejects with ReplacesRefusedError. */
   issue (name: string, keyType: KeyType, signal: AbortSignal, options?: IssueOptions): Promise<{ key: string, chain: string }>
   /**
    * Gets ready what issue() will need first (the account); resolves when it is.
@@ -748,9 +748,9 @@ export class CertificateManager {
 
   /**
    * Places the order of #orderLocked: naming the certificate it replaces, and,
-   * if the CA says that one has been replaced already, once more without
-   * (RFC 9773) — unless the store now holds the replacement, which is then
-   * adopted and returned instead of ordering.
+   * if the CA refuses that, once more without (RFC 9773) — unless the CA says
+   * it was replaced already and the store now holds the replacement, which is
+   * then adopted and returned instead of ordering.
    */
   async #place (slot: Slot, replaces: Certificate | undefined, lockSignal: AbortSignal): Promise<{ key: string, chain: string } | Certificate> {
     const closing = this.#closing.signal
@@ -760,10 +760,13 @@ export class CertificateManager {
     try {
       return await issue({ replaces })
     } catch (err) {
-      if (!(err instanceof AlreadyReplacedError)) throw err
-      const stored = await this.#read(slot, true)
-      if (stored !== undefined && stored !== replaces && !this.#due(slot)) return stored
-      this.#opts.log.warn({ domain: slot.name, serial: replaces?.serial, error: errorFields(err) }, 'the CA says the certificate was replaced already, and the store has no replacement: ordering without replaces')
+      if (!(err instanceof ReplacesRefusedError)) throw err
+      if (err.alreadyReplaced) {
+        const stored = await this.#read(slot, true)
+        if (stored !== undefined && stored !== replaces && !this.#due(slot)) return stored
+      }
+      this.#opts.log.warn({ domain: slot.name, serial: replaces?.serial, error: errorFields(err) },
+        err.alreadyReplaced ? 'the CA says the certificate was replaced already, and the store has no replacement: ordering without replaces' : 'the CA refused the order\'s replaces: ordering without it')
       return await issue({})
     }
   }

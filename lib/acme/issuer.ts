@@ -9,7 +9,7 @@ import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
 import { certificateId, parseRenewalInfo, type RenewalInfo } from './ari'
 import type { ChallengeSolver } from './challenges'
-import { CaRefusal, retrying } from './retry'
+import { CaRefusal, retrying, retryingRequest } from './retry'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -156,9 +156,19 @@ export interface IssueOptions {
   replaces?: Certificate
 }
 
-/** The CA refused `replaces`: the certificate already has a replacement order (RFC 9773 `alreadyReplaced`). */
-export class AlreadyReplacedError extends Error {
-  readonly code = 'FST_AUTOCERT_ALREADY_REPLACED'
+/**
+ * The CA refused the new order because of its `replaces`: the certificate
+ * already has a replacement order (RFC 9773 `alreadyReplaced`), or the CA
+ * does not take it as one it may replace (`alreadyReplaced` false: another
+ * account's, one it does not know). An order without `replaces` may go ahead.
+ */
+export class ReplacesRefusedError extends Error {
+  readonly alreadyReplaced: boolean
+
+  constructor (message: string, alreadyReplaced: boolean, options?: ErrorOptions) {
+    super(message, options)
+    this.alreadyReplaced = alreadyReplaced
+  }
 }
 
 /** One issuance with acme-client: account, order, challenges, finalize. */
@@ -203,7 +213,7 @@ export class Issuer {
   /**
    * Orders a certificate for `name`; resolves with its PEM key and chain.
    * `replaces` names the certificate it renews to the CA (RFC 9773); a CA that
-   * says it has been replaced already rejects with AlreadyReplacedError.
+   * refuses it rejects with ReplacesRefusedError.
    */
   issue (name: string, keyType: KeyType, signal: AbortSignal, { replaces }: IssueOptions = {}): Promise<{ key: string, chain: string }> {
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])
@@ -221,8 +231,7 @@ export class Issuer {
       const { renewalInfo } = await untilAborted(this.#readDirectory(), bounded)
       if (renewalInfo === undefined) return undefined
       const url = `${renewalInfo.replace(/\/+$/, '')}/${certificateId(cert.chain)}`
-      // A failed check is tried again at the next one: none of acme-client's retries (RETRIED_ENOUGH).
-      const response = await acme.axios.get(url, { validateStatus: (status: number) => status === 200, ...RETRIED_ENOUGH })
+      const response = await acme.axios.get(url, { validateStatus: (status: number) => status === 200, ...retryingRequest(bounded) })
       return parseRenewalInfo(response.data, response.headers['retry-after'], Date.now())
     })
   }
@@ -251,7 +260,11 @@ export class Issuer {
       ...(replaces === undefined ? {} : { replaces: certificateId(replaces.chain) })
     }
     let order = await client.createOrder(request).catch((err: unknown) => {
-      if (replaces !== undefined && context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced') throw new AlreadyReplacedError(errorDetail(err), { cause: err })
+      // Refused for its `replaces` (a 4xx about the order, not the CA's failure): the order may go without it.
+      const status = context.problem?.status ?? 0
+      if (replaces !== undefined && status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)) {
+        throw new ReplacesRefusedError(errorDetail(err), context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced', { cause: err })
+      }
       throw err
     })
     const pending = (await client.getAuthorizations(order)).filter((authz) => authz.status !== 'valid')
@@ -308,8 +321,8 @@ export class Issuer {
   async #fetchDirectory (): Promise<Directory> {
     const { directoryUrl, profile } = this.#opts
     const own = AbortSignal.timeout(REQUEST_TIMEOUT)
-    // A CA that is down fails the read at once (the order's backoff, or the next CA, follows): none of acme-client's 75 s of retries.
-    const response = await inContext(own, async () => await acme.axios.get(directoryUrl, { validateStatus: (status: number) => status === 200, ...RETRIED_ENOUGH }))
+    // Retried as the order's requests are (retry.ts): a CA that is down fails the read within seconds, not acme-client's 75.
+    const response = await inContext(own, async () => await acme.axios.get(directoryUrl, { validateStatus: (status: number) => status === 200, ...retryingRequest(own) }))
     const directory = (typeof response.data === 'object' && response.data !== null ? response.data : {}) as Directory
     if (profile !== undefined) {
       const profiles = Object.keys(directory.meta?.profiles ?? {})
@@ -409,14 +422,6 @@ async function problem (client: acme.Client, order: acme.Order): Promise<string>
 function errorDetail (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
-
-/**
- * acme-client's axios instance retries a failed request (a 5xx, a 429, a
- * network error) up to 5 times, 5 to 25 s apart, counting its attempts on the
- * request's config: a request that starts with the count at its maximum is
- * tried once. For requests whose failure has a later retry of their own.
- */
-const RETRIED_ENOUGH = { retryAttempt: Number.MAX_SAFE_INTEGER } as Record<string, unknown>
 
 function newKey (keyType: KeyType): Promise<Buffer> {
   return keyType === 'rsa' ? acme.crypto.createPrivateRsaKey(2048) : acme.crypto.createPrivateEcdsaKey('P-256')

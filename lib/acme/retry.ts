@@ -146,8 +146,19 @@ export function retrying (client: acme.Client, orderSignal: () => AbortSignal | 
   return client
 }
 
-/** One request, with its retries. */
-async function send (config: Config, http: HttpClient, signal: AbortSignal, jws: Jws | undefined): Promise<Answer> {
+/**
+ * The axios config of an unsigned request (a GET of the directory, of
+ * renewal information) made on behalf of an order or check bound to
+ * `signal`: retried as above, and its failures left alone by acme-client's own
+ * retry (which, past its attempts, fails a network error with a TypeError).
+ */
+export function retryingRequest (signal: AbortSignal): Parameters<typeof acme.axios.get>[1] {
+  const adapter = (config: Config): Promise<Answer> => send(config, undefined, signal, undefined)
+  return { adapter: adapter as never }
+}
+
+/** One request, with its retries; `http` re-signs a signed one (`jws`). */
+async function send (config: Config, http: HttpClient | undefined, signal: AbortSignal, jws: Jws | undefined): Promise<Answer> {
   // A plain instance of acme-client's axios: its defaults, none of its interceptors (they ran already).
   transport ??= acme.axios.create() as unknown as Transport
   const order = waited.get(signal) ?? { ms: 0 }
@@ -173,7 +184,7 @@ async function send (config: Config, http: HttpClient, signal: AbortSignal, jws:
     if (wait === undefined) throw answer === undefined ? detached(failure) : refusal(config, answer, retryAfter, attempt)
     order.ms += wait
     await sleep(wait, signal)
-    if (jws !== undefined) {
+    if (jws !== undefined && http !== undefined) {
       jws = await resign(http, jws, answer)
       config.data = JSON.stringify(jws)
     }

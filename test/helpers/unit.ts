@@ -7,7 +7,7 @@
  * budget, renewal times, eviction, refusals), hours of it in milliseconds;
  * the same paths run against real Pebble and Azurite in the other files.
  */
-import { AlreadyReplacedError, type IssueOptions } from '../../lib/acme/issuer'
+import { ReplacesRefusedError, type IssueOptions } from '../../lib/acme/issuer'
 import type { RenewalInfo } from '../../lib/acme/ari'
 import type { Certificate } from '../../lib/certificate'
 import type { Clock, Timer } from '../../lib/clock'
@@ -137,7 +137,7 @@ export class AriIssuer extends LocalIssuer {
   /** Every renewalInfo() call: the serial and the clock's time. */
   readonly checks: Array<{ serial: string, at: number }> = []
   readonly revoked: Array<{ serial: string, reason?: number }> = []
-  /** Serials the CA counts as replaced: an order naming one is refused with AlreadyReplacedError. */
+  /** Serials the CA counts as replaced: an order naming one is refused with ReplacesRefusedError (alreadyReplaced). */
   readonly replaced = new Set<string>()
   /** Runs before an order is refused as replaced already (to change the store meanwhile, as another instance would). */
   beforeRefusal: (() => Promise<void>) | undefined
@@ -158,7 +158,7 @@ export class AriIssuer extends LocalIssuer {
     if (replaces !== undefined && this.replaced.has(replaces.serial)) {
       this.calls.push({ name, at: this.now, replaces: replaces.serial })
       await this.beforeRefusal?.()
-      throw new AlreadyReplacedError(`certificate with serial ${replaces.serial} already has a replacement order`)
+      throw new ReplacesRefusedError(`certificate with serial ${replaces.serial} already has a replacement order`, true)
     }
     const issued = await super.issue(name, keyType, signal, options)
     if (replaces !== undefined) this.replaced.add(replaces.serial)
