@@ -108,6 +108,8 @@ interface Slot {
   ari?: RenewalInfoRecord
   /** When this instance next looks at the renewal information (the store's record, then the CA if it is due); undefined: not before another certificate. */
   ariCheckAt?: number
+  /** The look at the renewal information in progress: one at a time per certificate. */
+  checking?: Promise<void>
   /** No order before `until`: the fleet's failure backoff, its spent order budget, or this machine's clock (off by `offset` ms). */
   hold?: { until: number, reason: BackoffReason, offset?: number }
   /** The lock this slot's order waits for, held by someone else. */
@@ -233,6 +235,8 @@ export class CertificateManager {
       if (old === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, `there is no ${slot.type} certificate to revoke`)
       // Replaced first: the old one is served until its replacement is, never nothing.
       const replacement = await this.#order(slot, { force: true, until: 'stored' })
+      // An order already in flight may have ended without a new certificate: the one served is not revoked then.
+      if (replacement.serial === old.serial) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, 'no replacement could be obtained: the certificate is left as it is')
       try {
         await revoke(old, reason, this.#closing.signal)
       } catch (err) {
@@ -853,7 +857,8 @@ export class CertificateManager {
   /** What a slot's timer does: the renewal-information check if it is due, then the renewal (or retry, or write) if that is. */
   async #tick (slot: Slot): Promise<void> {
     if (slot.ariCheckAt !== undefined && slot.ariCheckAt <= this.#clock.now()) {
-      await this.#backgroundLimit.run(() => this.#checkRenewalInfo(slot))
+      slot.checking ??= this.#backgroundLimit.run(() => this.#checkRenewalInfo(slot)).finally(() => { slot.checking = undefined })
+      await slot.checking
     }
     const at = slot.nextAt
     if (at !== undefined && at > this.#clock.now()) {

@@ -139,6 +139,8 @@ export class AriIssuer extends LocalIssuer {
   readonly revoked: Array<{ serial: string, reason?: number }> = []
   /** Serials the CA counts as replaced: an order naming one is refused with ReplacesRefusedError (alreadyReplaced). */
   readonly replaced = new Set<string>()
+  /** When true, every order naming a certificate it replaces is refused for it (as another account's, say). */
+  refuseReplaces = false
   /** Runs before an order is refused as replaced already (to change the store meanwhile, as another instance would). */
   beforeRefusal: (() => Promise<void>) | undefined
   answer: (cert: Certificate) => RenewalInfo | Error | undefined = (cert) => {
@@ -155,6 +157,10 @@ export class AriIssuer extends LocalIssuer {
 
   override async issue (name: string, keyType: string, signal: AbortSignal, options: IssueOptions = {}): Promise<{ key: string, chain: string }> {
     const { replaces } = options
+    if (replaces !== undefined && this.refuseReplaces) {
+      this.calls.push({ name, at: this.now, replaces: replaces.serial })
+      throw new ReplacesRefusedError('requester account did not request the certificate being replaced by this order', false)
+    }
     if (replaces !== undefined && this.replaced.has(replaces.serial)) {
       this.calls.push({ name, at: this.now, replaces: replaces.serial })
       await this.beforeRefusal?.()

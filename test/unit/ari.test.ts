@@ -182,6 +182,12 @@ t.test('alreadyReplaced: the store has the replacement (adopted, no order), or t
   await a.manager.renew(A)
   t.same(a.issuer.calls.slice(-2).map((c) => c.replaces), [current, undefined], 'then the order again without replaces')
   t.not(a.manager.status()[0].serial, current, 'and its certificate served')
+  // Refused for another reason (another account's certificate, say): the order goes without replaces, the store is not asked.
+  a.issuer.refuseReplaces = true
+  const before = a.manager.status()[0].serial as string
+  await a.manager.renew(A)
+  t.same(a.issuer.calls.slice(-2).map((c) => c.replaces), [before, undefined], 'a refused replaces: once more without it')
+  t.ok(a.log.lines.some((l) => l.msg === 'the CA refused the order\'s replaces: ordering without it'), 'and that is logged')
 })
 
 t.test('revoke(): replaced first, then revoked with its reason; the other instances adopt the replacement at their next check', async (t) => {
