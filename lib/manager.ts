@@ -525,9 +525,17 @@ export class CertificateManager {
       if (skew !== undefined) throw this.#clockRefusal(slot, skew)
       // The certificate this order replaces, and the CA's window it answers, if it has started.
       const replaced = slot.cert
-      const answered = this.#answeredWindow(slot)
+      let answered = this.#answeredWindow(slot)
       // A renewal the CA asked for is exempt from the budget (as Let's Encrypt exempts it from its limits), once per window.
-      const exempt = answered !== undefined && this.#exempt(slot)
+      let exempt = answered !== undefined && this.#exempt(slot)
+      if (exempt) {
+        // On the CA's word, not the store's: a record planted in the store must not order exempt renewals for every
+        // name. The window is asked for once more; without the CA's answer, the order counts against the budget.
+        const confirmed = await this.#askRenewalInfo(slot, replaced as Certificate, slot.ari, undefined, lock.signal).catch(() => false)
+        answered = confirmed ? this.#answeredWindow(slot) : undefined
+        exempt = answered !== undefined && this.#exempt(slot)
+        if (confirmed && !force && !this.#due(slot)) return replaced as Certificate
+      }
       // The name's last exempt renewal goes on to the next certificate's record, so that exempt renewals stay EXEMPT_SPACING apart.
       const exemptAt = exempt ? this.#clock.now() : slot.ari?.origin?.exemptAt
       if (!exempt) {
@@ -919,8 +927,9 @@ export class CertificateManager {
    * produced it. A CA that publishes no renewal information is looked at
    * again after RENEWAL_INFO_INTERVALS.max, with nothing written; a failed
    * request keeps the last window known and is retried after afterFailure.
+   * Resolves with whether the CA answered with a window.
    */
-  async #askRenewalInfo (slot: Slot, cert: Certificate, previous: RenewalInfoRecord | undefined, origin: RenewalInfoRecord['origin'], lockSignal: AbortSignal): Promise<void> {
+  async #askRenewalInfo (slot: Slot, cert: Certificate, previous: RenewalInfoRecord | undefined, origin: RenewalInfoRecord['origin'], lockSignal: AbortSignal): Promise<boolean> {
     const { issuer, log } = this.#opts
     const now = this.#clock.now()
     let answer: RenewalInfo | undefined
@@ -933,7 +942,7 @@ export class CertificateManager {
     }
     if (failed === undefined && answer === undefined) {
       slot.ariCheckAt = now + RENEWAL_INFO_INTERVALS.max
-      return
+      return false
     }
     const window = answer?.window ?? previous?.window
     const record: RenewalInfoRecord = {
@@ -952,6 +961,7 @@ export class CertificateManager {
     }
     if (!lockSignal.aborted) await this.#renewalInfo.write(slot.key, record)
     this.#useRenewalInfo(slot, record)
+    return answer !== undefined
   }
 
   /** Takes `record` (about `slot`'s certificate) as the fleet's word: the renewal time and the next look at it. */

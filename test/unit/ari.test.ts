@@ -157,6 +157,23 @@ t.test('a record no instance could have written is ignored: the CA is asked, the
   t.ok(issuer.checks.length >= 1)
 })
 
+t.test('a record planted in the store with a window in the past orders nothing: the CA is asked before an exempt renewal', async (t) => {
+  const units = fleet(2, { domains: [A], maxOrdersPerHour: 1 })
+  t.teardown(async () => { for (const u of units) await u.manager.close() })
+  await startAll(units)
+  const [a] = units
+  const serial = a.manager.status()[0].serial as string
+  const now = a.clock.now()
+  // Fresh-looking, plausible, and saying "renew now": what someone with write access to the container could plant.
+  await a.store.put(storeKeys.renewalInfo(A), JSON.stringify({ serial, checkedAt: now, nextCheck: now + 11 * HOUR, window: { start: now - HOUR, end: now - HOUR + 1 }, renewAt: now - HOUR }))
+  const asked = checks(units)
+  await a.clock.advance(7 * HOUR)
+  t.equal(orders(units).length, 1, 'no order: the CA\'s own window is two months away')
+  t.ok(checks(units) > asked, 'the CA was asked')
+  const record = JSON.parse(String(await a.store.get(storeKeys.renewalInfo(A)))) as { window: { start: number } }
+  t.ok(record.window.start > a.clock.now() + 30 * DAY, 'and the record says what the CA says again')
+})
+
 t.test('alreadyReplaced: the store has the replacement (adopted, no order), or the order goes again without replaces', async (t) => {
   const units = fleet(2, { domains: [A] })
   t.teardown(async () => { for (const u of units) await u.manager.close() })
