@@ -39,7 +39,6 @@ export interface IssuerOptions {
  */
 const REQUEST_TIMEOUT = 30_000
 /** The longest one order may take, validation and polling included. */
-
 const ORDER_DEADLINE = 5 * 60_000
 const ordering = new AsyncLocalStorage<RequestContext>()
 
@@ -253,16 +252,17 @@ export class Issuer {
       newKey(keyType).then((key) => acme.crypto.createCsr({ commonName: name, altNames: [name] }, key))
     ])
     const { profile } = this.#opts
+    const replacing = replaces === undefined ? undefined : await this.#replaces(replaces)
     // acme-client sends the request as given; its type knows neither field (draft-ietf-acme-profiles, RFC 9773).
     const request: OrderRequest = {
       identifiers: [{ type: 'dns', value: name }],
       ...(profile === undefined ? {} : { profile }),
-      ...(replaces === undefined ? {} : { replaces: certificateId(replaces.chain) })
+      ...(replacing === undefined ? {} : { replaces: replacing })
     }
     let order = await client.createOrder(request).catch((err: unknown) => {
       // Refused for its `replaces` (a 4xx about the order, not the CA's failure): the order may go without it.
       const status = context.problem?.status ?? 0
-      if (replaces !== undefined && status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)) {
+      if (replacing !== undefined && status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)) {
         throw new ReplacesRefusedError(errorDetail(err), context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced', { cause: err })
       }
       throw err
@@ -300,6 +300,21 @@ export class Issuer {
       // The first look is at once: a fast CA has often finished by then.
       if (attempt > 0) await sleep(Math.min(50 * 2 ** attempt, 2000), signal)
       order = await client.getOrder(order)
+    }
+  }
+
+  /**
+   * The `replaces` of an order renewing `cert`: its ARI identifier, when the
+   * CA publishes renewal information (a CA without it knows no `replaces`)
+   * and the certificate has an authority key identifier.
+   */
+  async #replaces (cert: Certificate): Promise<string | undefined> {
+    const { renewalInfo } = await this.#readDirectory()
+    if (renewalInfo === undefined) return undefined
+    try {
+      return certificateId(cert.chain)
+    } catch {
+      return undefined
     }
   }
 
