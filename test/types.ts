@@ -21,6 +21,25 @@ export async function surface (): Promise<void> {
   app.autocert.on('renewed', (event) => { const previous: string = event.previousSerial; void previous })
     .on('backoff', (event) => { const reason: 'failures' | 'budget' | 'clock' = event.reason; void reason })
     .on('lock-wait', (event) => { const holder: string | undefined = event.holder; const lock: 'name' | 'order-log' | 'account' = event.lock; void holder; void lock })
+    .on('revoked', (event) => { const replacement: string = event.replacement; const reason: number | undefined = event.reason; void replacement; void reason })
+  const window: { start: Date, end: Date, explanationURL?: string } | undefined = status[0].renewalWindow
+  void window
+  const replaced: CertificateInfo = await decorator.revoke('example.com', 'keyCompromise')
+  void replaced
+  await decorator.revoke('example.com', 4)
+  // @ts-expect-error a revocation reason a subscriber may not give (RFC 5280 2, cACompromise)
+  await decorator.revoke('example.com', 2)
+  // @ts-expect-error a misspelt revocation reason
+  await decorator.revoke('example.com', 'key-compromise')
+  await app.register(autocert, {
+    domains: ['example.com'],
+    store: new MemoryStore(),
+    termsOfServiceAgreed: true,
+    profile: 'tlsserver',
+    directoryUrl: ['production', { url: 'https://acme.zerossl.com/v2/DV90', externalAccountBinding: { kid: 'kid', hmacKey: 'key' } }]
+  })
+  // @ts-expect-error a fallback CA entry needs its url
+  await app.register(autocert, { domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true, directoryUrl: [{ externalAccountBinding: { kid: 'kid', hmacKey: 'key' } }] })
   // @ts-expect-error events are a closed set
   app.autocert.on('expired', () => {})
   // @ts-expect-error an obtained event has no previous serial
