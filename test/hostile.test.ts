@@ -127,7 +127,7 @@ t.test('hostile clients: SNI names, a refusal flood, the challenge route', async
 
   await t.test('the store only ever sees keys the plugin built: listed names, fixed keys, CA tokens', async (t) => {
     t.same(Object.keys(serials).sort(), [A, IDN], 'the Unicode name is listed as punycode')
-    const allowed = (k: string): boolean => [A, IDN].some((d) => k === d || k === `${d}+failure`) ||
+    const allowed = (k: string): boolean => [A, IDN].some((d) => k === d || k === `${d}+failure` || k === `${d}+ari`) ||
       k === 'acme_account+key' || k === 'acme_orders+log' || TOKEN_KEY.test(k)
     t.same(store.keys.filter((k) => !allowed(k)), [], 'no other key')
     t.ok(store.keys.some((k) => TOKEN_KEY.test(k)), 'the HTTP-01 answers went through the store under <token>+http-01')
