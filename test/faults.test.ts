@@ -39,6 +39,9 @@ interface Services {
   httpPort: number
 }
 
+// Pebble 2.4, a CA without renewal windows (ARI): renewals follow the lifetime rule the renewals of 24 s certificates here are timed by (2.10's window for a certificate this short is its whole life).
+const WITHOUT_ARI = { version: '2.4' } as const
+
 async function services (t: Test, pebbleOptions: Partial<PebbleOptions> = {}): Promise<Services> {
   const azurite = await startAzurite()
   t.teardown(() => azurite.stop())
@@ -167,7 +170,7 @@ async function restore (azurite: Azurite, container: string, blobs: Record<strin
 
 t.test('storage down: memory keeps serving, a failed lookup orders nothing, renewals wait and resume', async (t) => {
   // 24 s certificates: a renewal falls due about 12 s after issuance (half their lifetime), inside the outage.
-  const { azurite, pebble, root, httpPort } = await services(t, { validityPeriod: 24 })
+  const { azurite, pebble, root, httpPort } = await services(t, { ...WITHOUT_ARI, validityPeriod: 24 })
   const container = 'outage'
   const served = 'up.example.test'
   const pending = 'pending.example.test'
@@ -252,7 +255,7 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
 t.test('a certificate issued while the store went down mid-order is served, kept and written later', async (t) => {
   const validationPort = await freePort()
   // 24 s certificates: the renewal that must follow a late write falls due about 12 s after issuance (half their lifetime).
-  const { azurite, pebble, root } = await services(t, { httpPort: validationPort, validityPeriod: 24 })
+  const { azurite, pebble, root } = await services(t, { ...WITHOUT_ARI, httpPort: validationPort, validityPeriod: 24 })
   const container = 'midorder'
   const domain = 'mid.example.test'
   const answerPort = await freePort()
