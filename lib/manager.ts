@@ -1,6 +1,6 @@
 // The certificate manager: each name's certificates from memory, the store or a new order, and their renewal.
 import type { SecureContext } from 'node:tls'
-import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo } from './acme/ari'
+import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo, type RenewalWindow } from './acme/ari'
 import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
 import { systemClock, type Clock, type Timer } from './clock'
@@ -733,9 +733,14 @@ export class CertificateManager {
    * certificate twice for one window).
    */
   #usableRecord (slot: Slot): RenewalInfoRecord | undefined {
+    const ari = this.#windowRecord(slot)
+    return ari === undefined || sameWindow(ari.window, ari.origin) ? undefined : ari
+  }
+
+  /** The fleet's renewal information when it is about `slot`'s certificate and has a window. */
+  #windowRecord (slot: Slot): (RenewalInfoRecord & { window: RenewalWindow }) | undefined {
     const { cert, ari } = slot
-    if (cert === undefined || ari?.serial !== cert.serial || ari.window === undefined || sameWindow(ari.window, ari.origin)) return undefined
-    return ari
+    return cert !== undefined && ari?.serial === cert.serial && ari.window !== undefined ? ari as RenewalInfoRecord & { window: RenewalWindow } : undefined
   }
 
   /** The window this order answers: the CA's for the certificate it replaces, once it has started. */
@@ -752,9 +757,9 @@ export class CertificateManager {
 
   /** The window status() shows: the CA's, for the certificate served. */
   #windowOf (slot: Slot): DomainStatus['renewalWindow'] {
-    const { cert, ari } = slot
-    if (cert === undefined || ari?.serial !== cert.serial || ari.window === undefined) return undefined
-    const { start, end, explanationURL } = ari.window
+    const window = this.#windowRecord(slot)?.window
+    if (window === undefined) return undefined
+    const { start, end, explanationURL } = window
     return { start: new Date(start), end: new Date(end), ...(explanationURL === undefined ? {} : { explanationURL }) }
   }
 
@@ -889,16 +894,11 @@ export class CertificateManager {
     slot.ariCheckAt = undefined
     if (this.#opts.issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
     try {
-      let record = await this.#renewalInfo.read(slot.key)
-      // Another instance replaced the certificate (a renewal, a revocation): take its replacement from the store.
-      if (record !== undefined && record.serial !== (slot.cert as Certificate).serial) await this.#read(slot, true)
-      const fresh = this.#fresh(slot, record)
+      const fresh = this.#fresh(slot, await this.#currentRecord(slot))
       if (fresh !== undefined) return this.#useRenewalInfo(slot, fresh)
       const lock = await this.#nameLock(slot)
       try {
-        record = await this.#renewalInfo.read(slot.key)
-        // Never a record about a certificate the fleet has replaced: the store's is the one to ask about.
-        if (record !== undefined && record.serial !== (slot.cert as Certificate).serial) await this.#read(slot, true)
+        const record = await this.#currentRecord(slot)
         const checked = this.#fresh(slot, record)
         if (checked !== undefined) return this.#useRenewalInfo(slot, checked)
         const cert = slot.cert as Certificate
@@ -907,11 +907,28 @@ export class CertificateManager {
         await lock.release()
       }
     } catch (err) {
-      if (this.#closing.signal.aborted) return
-      const retryAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.afterFailure
-      slot.ariCheckAt = retryAt
-      this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'renewal information check failed; will retry')
+      this.#checkFailed(slot, err, 'renewal information check failed; will retry')
     }
+  }
+
+  /**
+   * The fleet's renewal-information record of `slot`'s key. One about another
+   * certificate than ours means the fleet replaced ours (a renewal, a
+   * revocation): the store's certificate is adopted first, so that no
+   * record is ever asked for or written about a replaced one.
+   */
+  async #currentRecord (slot: Slot): Promise<RenewalInfoRecord | undefined> {
+    const record = await this.#renewalInfo.read(slot.key)
+    if (record !== undefined && record.serial !== slot.cert?.serial) await this.#read(slot, true)
+    return record
+  }
+
+  /** A failed look at the renewal information: logged, and tried again after RENEWAL_INFO_INTERVALS.afterFailure. */
+  #checkFailed (slot: Slot, err: unknown, msg: string): void {
+    if (this.#closing.signal.aborted) return
+    const retryAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.afterFailure
+    slot.ariCheckAt = retryAt
+    this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), error: errorFields(err) }, msg)
   }
 
   /** A record about `slot`'s certificate that another instance checked recently enough. */
@@ -985,10 +1002,8 @@ export class CertificateManager {
     try {
       await this.#askRenewalInfo(slot, cert, undefined, origin, lockSignal)
     } catch (err) {
-      if (this.#closing.signal.aborted) return
-      slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.afterFailure
+      this.#checkFailed(slot, err, 'renewal information of the new certificate not stored; will retry')
       this.#schedule(slot, slot.nextAt ?? slot.renewAt as number)
-      this.#opts.log.warn({ domain: slot.name, error: errorFields(err) }, 'renewal information of the new certificate not stored; will retry')
     }
   }
 

@@ -1,16 +1,12 @@
 // The mass-revocation drill on real Pebble 2.10 (ARI) and Azurite: a fleet of three processes renews every certificate once, in its window.
 import t from 'tap'
 import { BlobServiceClient } from '@azure/storage-blob'
-import { startAriCa, storedLeaf } from './helpers/ari'
-import { startInstance, type Instance } from './helpers/instance'
-import { startAzurite } from './support/azurite'
-import { startPebble } from './support/pebble'
-import { freePort } from './support/ports'
+import { startAriFleet, storedLeaf } from './helpers/ari'
+import type { Instance } from './helpers/instance'
 import { handshake } from './support/tls'
 
 const DOMAINS = Array.from({ length: 20 }, (_, i) => `drill${i}.example.test`)
 const CONTAINER = 'drill'
-const DAY = 86_400
 
 /** The served serial of every domain on every instance. */
 async function served (instances: Instance[], root: string): Promise<Map<string, string[]>> {
@@ -22,18 +18,11 @@ async function served (instances: Instance[], root: string): Promise<Map<string,
 }
 
 t.test('the drill: every window moved to the past; three instances, maxOrdersPerHour 5, renew each of 20 certificates exactly once', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
   // 90-day certificates: Pebble's own window for them is two months away, so only the drill moves it.
-  const pebble = await startPebble({ httpPort, version: '2.10', validityPeriod: 90 * DAY, env: { PEBBLE_WFE_NONCEREJECT: '0' } })
-  t.teardown(() => pebble.stop())
-  const root = await pebble.root()
-  const ca = await startAriCa(t, pebble)
-  const config = { connectionString: azurite.connectionString, container: CONTAINER, domains: DOMAINS }
+  const { pebble, root, azurite, httpPort, ca, start } = await startAriFleet(t, CONTAINER, DOMAINS)
 
   // The certificates come from one instance with room in its budget: its 20 orders then fill the fleet's hour.
-  const seed = await startInstance(pebble, { ...config, name: 'seed', httpPort, maxOrdersPerHour: 100 }, ca)
+  const seed = await start('seed', { httpPort, maxOrdersPerHour: 100 })
   for (const domain of DOMAINS) await seed.waitForLog((l) => l.msg === 'certificate obtained' && l.domain === domain, 60_000)
   await seed.stop()
   t.equal(pebble.orderCount(), 20, 'one order per domain to start with')
@@ -41,9 +30,8 @@ t.test('the drill: every window moved to the past; three instances, maxOrdersPer
   const instances: Instance[] = []
   for (const name of ['a', 'b', 'c']) {
     // Only `a` answers HTTP-01 on Pebble's validation port; the others find its answers in the store.
-    instances.push(await startInstance(pebble, { ...config, name, maxOrdersPerHour: 5, ...(name === 'a' ? { httpPort } : {}) }, ca))
+    instances.push(await start(name, { maxOrdersPerHour: 5, ...(name === 'a' ? { httpPort } : {}) }))
   }
-  t.teardown(async () => { for (const i of instances) await i.stop() })
   const before = await served(instances, root)
   for (const [domain, serials] of before) t.equal(new Set(serials).size, 1, `${domain}: one certificate for the fleet`)
 

@@ -1,30 +1,17 @@
 // revoke() in a fleet of three processes, on real Pebble 2.10 and Azurite: the revoked certificate is replaced everywhere.
 import t from 'tap'
-import { startAriCa } from './helpers/ari'
-import { callInstance, startInstance, type Instance } from './helpers/instance'
-import { startAzurite } from './support/azurite'
-import { startPebble } from './support/pebble'
-import { freePort } from './support/ports'
+import { startAriFleet } from './helpers/ari'
+import { callInstance, type Instance } from './helpers/instance'
 import { handshake } from './support/tls'
 
 const DOMAIN = 'revoke.example.test'
-const DAY = 86_400
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 t.test('revoke() on one instance: replaced there at once, on the others at their next look at ARI; one replacement order', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort, version: '2.10', validityPeriod: 90 * DAY, env: { PEBBLE_WFE_NONCEREJECT: '0' } })
-  t.teardown(() => pebble.stop())
-  const root = await pebble.root()
-  const ca = await startAriCa(t, pebble)
-  const config = { connectionString: azurite.connectionString, container: 'revoke', domains: [DOMAIN] }
-  const instances: Instance[] = []
-  t.teardown(async () => { for (const i of instances) await i.stop() })
-  instances.push(await startInstance(pebble, { ...config, name: 'a', httpPort }, ca))
+  const { root, pebble, httpPort, start } = await startAriFleet(t, 'revoke', [DOMAIN])
+  const instances: Instance[] = [await start('a', { httpPort })]
   await instances[0].waitForLog((l) => l.msg === 'certificate obtained')
-  for (const name of ['b', 'c']) instances.push(await startInstance(pebble, { ...config, name }, ca))
+  for (const name of ['b', 'c']) instances.push(await start(name))
   const first = (await handshake(instances[0].port, DOMAIN, root)).serial
   t.same(await Promise.all(instances.map(async (i) => (await handshake(i.port, DOMAIN, root)).serial)), [first, first, first], 'one certificate for the fleet')
 

@@ -1,33 +1,20 @@
 // Renewal windows (ARI) for a fleet of three processes, on real Pebble 2.10 and Azurite.
 import t from 'tap'
 import { BlobServiceClient } from '@azure/storage-blob'
-import { startAriCa, storedLeaf } from './helpers/ari'
-import { callInstance, startInstance, type Instance } from './helpers/instance'
-import { startAzurite } from './support/azurite'
-import { startPebble } from './support/pebble'
-import { freePort } from './support/ports'
+import { startAriFleet, storedLeaf } from './helpers/ari'
+import { callInstance, type Instance } from './helpers/instance'
 import { handshake } from './support/tls'
 
 const DOMAIN = 'window.example.test'
 const CONTAINER = 'ari'
-const DAY = 86_400
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 t.test('a fleet of three: one look at ARI per interval for all, and a window in the future honoured', async (t) => {
-  const azurite = await startAzurite()
-  t.teardown(() => azurite.stop())
-  const httpPort = await freePort()
-  const pebble = await startPebble({ httpPort, version: '2.10', validityPeriod: 90 * DAY, env: { PEBBLE_WFE_NONCEREJECT: '0' } })
-  t.teardown(() => pebble.stop())
-  const root = await pebble.root()
-  const ca = await startAriCa(t, pebble)
-  const config = { connectionString: azurite.connectionString, container: CONTAINER, domains: [DOMAIN] }
-  const instances: Instance[] = []
-  t.teardown(async () => { for (const i of instances) await i.stop() })
-  instances.push(await startInstance(pebble, { ...config, name: 'a', httpPort }, ca))
+  const { pebble, root, azurite, httpPort, ca, start: startOne } = await startAriFleet(t, CONTAINER, [DOMAIN])
+  const instances: Instance[] = [await startOne('a', { httpPort })]
   await instances[0].waitForLog((l) => l.msg === 'certificate obtained')
   const obtained = Date.now()
-  for (const name of ['b', 'c']) instances.push(await startInstance(pebble, { ...config, name }, ca))
+  for (const name of ['b', 'c']) instances.push(await startOne(name))
   const first = (await handshake(instances[0].port, DOMAIN, root)).serial
   t.equal(ca.checks(), 1, 'the new certificate\'s window: asked for once, by the instance that ordered it')
 

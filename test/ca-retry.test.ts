@@ -1,7 +1,7 @@
 import { BlobServiceClient } from '@azure/storage-blob'
 import t, { type Test } from 'tap'
-import { AzureBlobStore, type DomainStatus } from '../lib'
-import { startApp, eventually, type TestApp } from './support/app'
+import { AzureBlobStore } from '../lib'
+import { domainStatus, startApp, eventually, type TestApp } from './support/app'
 import { startAzurite, type Azurite } from './support/azurite'
 import { startCaProxy, trustProxy, type CaProxy, type FakeAnswer, type Seen } from './helpers/ca-proxy'
 import { startPebble, type Pebble } from './support/pebble'
@@ -42,12 +42,6 @@ async function start (t: Test, s: Services, container: string, domain: string, h
   return app
 }
 
-function status (app: TestApp, domain: string): DomainStatus {
-  const found = app.app.autocert.status().find((s) => s.domain === domain)
-  if (found === undefined) throw new Error(`${domain} is not listed`)
-  return found
-}
-
 const newOrders = (proxy: CaProxy, since = 0): Seen[] => proxy.seen.filter((r) => r.method === 'POST' && r.path.startsWith('/order-plz') && r.at >= since)
 
 /*
@@ -83,7 +77,7 @@ t.test('a 429 or a 503 with Retry-After: 2 on new-order, once: the retry carries
       const started = Date.now()
       const orders = s.pebble.orderCount()
       const app = await start(t, s, `retry-${c.status}`, domain)
-      await eventually(() => status(app, domain).serial !== undefined)
+      await eventually(() => domainStatus(app, domain).serial !== undefined)
       const seen = newOrders(s.proxy, started)
       t.same(seen.map((r) => [r.status, r.faked]), [[c.status, true], [201, false]], `new-order: the fake ${c.status}, then Pebble's 201`)
       const [rejected, retry] = seen
@@ -100,8 +94,8 @@ t.test('a 429 or a 503 with Retry-After: 2 on new-order, once: the retry carries
       t.equal(s.pebble.orderCount(), orders + 1, 'one order at Pebble')
       const cert = await handshake(app.port, domain, s.root)
       t.ok(cert.authorized, 'the certificate is served and verified')
-      t.equal(cert.serial, status(app, domain).serial)
-      t.equal(status(app, domain).lastError, undefined, 'no error left')
+      t.equal(cert.serial, domainStatus(app, domain).serial)
+      t.equal(domainStatus(app, domain).lastError, undefined, 'no error left')
     })
   }
 })
@@ -115,8 +109,8 @@ t.test('a persistent rateLimited 429 with Retry-After: 600: the order fails, the
     : undefined
   const orders = s.pebble.orderCount()
   const first = await start(t, s, container, domain)
-  await eventually(() => status(first, domain).lastError !== undefined)
-  const failed = status(first, domain)
+  await eventually(() => domainStatus(first, domain).lastError !== undefined)
+  const failed = domainStatus(first, domain)
   t.match(failed.lastError?.message, /too many certificates already issued for this name \(the CA answered 429 urn:ietf:params:acme:error:rateLimited to POST \/order-plz; it asks for a wait of 600 s, more than the order may still wait \(60 s in all\)\)/,
     `a clear error: ${failed.lastError?.message}`)
   t.equal(newOrders(s.proxy).length, 1, 'one new-order: a Retry-After of 600 s is not waited for inside the order')
@@ -140,6 +134,6 @@ t.test('a persistent rateLimited 429 with Retry-After: 600: the order fails, the
     'a second instance on the same store refuses it until the CA\'s time')
   t.equal(newOrders(s.proxy).length, 1, 'and sent no new-order')
   t.ok(s.proxy.seen.slice(seenBefore).every((r) => !r.path.startsWith('/order-plz')), `the CA saw only its account lookup: ${s.proxy.seen.slice(seenBefore).map((r) => `${r.method} ${r.path}`).join(', ')}`)
-  t.equal(status(second, domain).retryAfter?.getTime(), record.retryAt, 'its status() shows the fleet\'s retry time')
+  t.equal(domainStatus(second, domain).retryAfter?.getTime(), record.retryAt, 'its status() shows the fleet\'s retry time')
   t.equal(s.pebble.orderCount(), orders, 'still no order at Pebble')
 })

@@ -9,9 +9,9 @@ import { BlobServiceClient, RestError, type ContainerClient } from '@azure/stora
 import * as acme from 'acme-client'
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
-import autocert, { AzureBlobStore, EncryptedStore, MemoryStore, type CertStore, type DomainStatus } from '../lib'
+import autocert, { AzureBlobStore, EncryptedStore, MemoryStore, type CertStore } from '../lib'
 import { decodeBundle } from '../lib/certificate'
-import { startApp, eventually, spyStore, type TestApp } from './support/app'
+import { domainStatus, startApp, eventually, spyStore, type TestApp } from './support/app'
 import { startAzurite, type Azurite } from './support/azurite'
 import { startCaProxy, trustProxy } from './helpers/ca-proxy'
 import { startPebble, trustPebble, type Pebble, type PebbleOptions } from './support/pebble'
@@ -68,12 +68,6 @@ async function startTestApp (t: Test, ...args: Parameters<typeof startApp>): Pro
   const app = await startApp(...args)
   t.teardown(() => app.app.close())
   return app
-}
-
-function status (app: TestApp, domain: string): DomainStatus {
-  const found = app.app.autocert.status().find((s) => s.domain === domain)
-  if (found === undefined) throw new Error(`${domain} is not listed`)
-  return found
 }
 
 /** Serial of the leaf in a plain PEM bundle blob, undefined when there is no blob. */
@@ -180,9 +174,9 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
   await other.lock(pending)
   const store = spyStore(fastStore(t, azurite, container))
   const app = await startTestApp(t, pebble, httpPort, store, { domains: [served, pending], retryDelays: [500] })
-  await eventually(() => status(app, served).serial !== undefined)
-  const first = status(app, served)
-  t.equal(status(app, pending).serial, undefined, `${pending} is not in memory yet`)
+  await eventually(() => domainStatus(app, served).serial !== undefined)
+  const first = domainStatus(app, served)
+  t.equal(domainStatus(app, pending).serial, undefined, `${pending} is not in memory yet`)
   t.equal((await handshake(app.port, served, root)).serial, first.serial)
   const blobs = {
     [served]: await sdk(azurite, container).getBlockBlobClient(served).downloadToBuffer(),
@@ -210,7 +204,7 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
     t.ok(Date.now() - started < 3000, `and fails fast (${Date.now() - started} ms)`)
     await sleep(1500)
     t.equal(pebble.orderCount(), orders, 'no order reached the CA')
-    t.match(status(app, pending).lastError?.message, /ECONNREFUSED/, 'status() shows why')
+    t.match(domainStatus(app, pending).lastError?.message, /ECONNREFUSED/, 'status() shows why')
     t.ok(app.logs.some((l) => l.msg === 'certificate store read failed' && l.domain === pending), 'logged as a store failure')
     // (A client closing an earlier connection shows there too, as a socket hang up.)
     t.match(serverErrors.find((err) => err.code !== 'ECONNRESET' && !/hang up/.test(String(err))), { code: 'FST_AUTOCERT_STORE_FAILED', message: /failed to read pending\.example\.test: .*ECONNREFUSED/ },
@@ -229,7 +223,7 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
     t.ok(attempts >= 2, `${attempts} renewal attempts (lock requests) in 1.6 s with a 500 ms retry step`)
     t.equal(pebble.orderCount(), orders, 'none reached the CA')
     t.equal((await handshake(app.port, served, root)).serial, first.serial, 'the current certificate is still served')
-    const now = status(app, served)
+    const now = domainStatus(app, served)
     t.ok(now.lastError !== undefined, 'status() shows the failed renewal')
     t.ok((now.renewAt?.getTime() ?? 0) > Date.now(), 'status().renewAt shows the next retry')
   })
@@ -237,14 +231,14 @@ t.test('storage down: memory keeps serving, a failed lookup orders nothing, rene
   await t.test('storage back: everything resumes with no restart, ordering only what is needed', async (t) => {
     await azurite.start()
     await restore(azurite, container, blobs)
-    await eventually(() => status(app, served).serial !== first.serial && status(app, pending).serial !== undefined, 15_000)
-    const renewed = status(app, served)
+    await eventually(() => domainStatus(app, served).serial !== first.serial && domainStatus(app, pending).serial !== undefined, 15_000)
+    const renewed = domainStatus(app, served)
     t.ok((renewed.notAfter?.getTime() ?? 0) > (first.notAfter?.getTime() ?? Infinity), 'the due renewal happened')
-    t.equal(status(app, pending).lastError, undefined, 'the error is cleared')
+    t.equal(domainStatus(app, pending).lastError, undefined, 'the error is cleared')
     for (const domain of [served, pending]) {
       const cert = await handshake(app.port, domain, root)
       t.ok(cert.authorized, `${domain} verifies`)
-      t.equal(cert.serial, status(app, domain).serial, `${domain}: the certificate in memory is served`)
+      t.equal(cert.serial, domainStatus(app, domain).serial, `${domain}: the certificate in memory is served`)
       t.equal(await storedSerial(sdk(azurite, container), domain), cert.serial, `${domain}: and it is in the store`)
     }
     t.equal(pebble.orderCount(), orders + 2, 'two orders: the due renewal and the missing certificate')
@@ -269,7 +263,7 @@ t.test('a certificate issued while the store went down mid-order is served, kept
     return 'forward'
   })
   const app = await startTestApp(t, pebble, answerPort, fastStore(t, azurite, container), { domains: [domain], retryDelays: [500] })
-  await eventually(() => status(app, domain).serial !== undefined)
+  await eventually(() => domainStatus(app, domain).serial !== undefined)
   t.ok(stoppedAt > 0, 'storage stopped while the order was in flight')
   const { serial: issued, notBefore, notAfter } = await app.app.autocert.certificate(domain)
   const served = await handshake(app.port, domain, root)
@@ -326,7 +320,7 @@ t.test('corrupt or wrong data in the store is never served, logged once, and rep
     lock: (key, signal) => inner.lock(key, signal)
   }
   const app = await startTestApp(t, pebble, httpPort, store, { domains, retryDelays: [500] })
-  await eventually(() => domains.every((d) => status(app, d).serial !== undefined))
+  await eventually(() => domains.every((d) => domainStatus(app, d).serial !== undefined))
 
   for (const [name, { serial, msg }] of Object.entries(bad)) {
     await t.test(name, async (t) => {
@@ -375,7 +369,7 @@ t.test('CA down or failing', async (t) => {
       const cert = await handshake(app.port, domain, root)
       t.equal(cert.serial, first.serial, 'the current certificate is still served')
       t.ok(first.notAfter.getTime() > Date.now(), 'it has not expired')
-      const now = status(app, domain)
+      const now = domainStatus(app, domain)
       t.ok(now.lastError !== undefined, `status() shows the last error: ${now.lastError?.message}`)
       t.ok((now.retryAfter?.getTime() ?? 0) > Date.now(), `status() shows retryAfter ${now.retryAfter?.toISOString()}`)
       const record = JSON.parse((await sdk(azurite, container).getBlockBlobClient(`${domain}+failure`).downloadToBuffer()).toString()) as { failures: number, retryAt: number }
@@ -403,8 +397,8 @@ t.test('CA down or failing', async (t) => {
       t.not(renewed.serial, first.serial)
       t.equal(pebble.orderCount(), orders + 1, 'one order')
       t.equal((await handshake(app.port, domain, root)).serial, renewed.serial, 'the new certificate is served')
-      t.equal(status(app, domain).lastError, undefined, 'the error is cleared')
-      t.equal(status(app, domain).retryAfter, undefined)
+      t.equal(domainStatus(app, domain).lastError, undefined, 'the error is cleared')
+      t.equal(domainStatus(app, domain).retryAfter, undefined)
       t.notOk(await sdk(azurite, container).getBlockBlobClient(`${domain}+failure`).exists(), 'the failure record is gone')
     })
   })
@@ -421,7 +415,7 @@ t.test('CA down or failing', async (t) => {
     acme.setLogger((line) => { if (line.startsWith('Caught invalid nonce')) rejected++ })
     t.teardown(() => acme.setLogger(() => {}))
     const app = await startTestApp(t, pebble, httpPort, fastStore(t, azurite, 'bad-nonce'), { domains: [domain], retryDelays: [500] })
-    await eventually(() => status(app, domain).serial !== undefined)
+    await eventually(() => domainStatus(app, domain).serial !== undefined)
     // Pebble refuses each nonce at random: an issuance of a dozen requests draws no
     // refusal about once in a few thousand runs. Then it is repeated (at most 5
     // times), so the fault this test is about is surely met.
@@ -429,7 +423,7 @@ t.test('CA down or failing', async (t) => {
     for (let i = 0; rejected === 0 && i < 5; i++) await app.app.autocert.renew(domain)
     const cert = await handshake(app.port, domain, root)
     t.ok(cert.authorized)
-    t.equal(cert.serial, status(app, domain).serial)
+    t.equal(cert.serial, domainStatus(app, domain).serial)
     const failed = app.logs.filter((l) => l.msg === 'certificate order failed').length
     t.ok(rejected > 0, `${rejected} badNonce answers retried; ${pebble.orderCount()} order(s), ${failed} failed attempt(s)`)
   })
@@ -512,7 +506,7 @@ t.test('encryption at rest', async (t) => {
   const raw = async (name: string): Promise<Buffer> => blobs.getBlockBlobClient(name).downloadToBuffer()
 
   const first = await start({ key: key1 })
-  await eventually(() => status(first, domain).serial !== undefined)
+  await eventually(() => domainStatus(first, domain).serial !== undefined)
   const issued = await serve(t, first)
   for (const name of [domain, 'acme_account+key']) {
     const sealed = (await raw(name)).toString('latin1')
@@ -555,7 +549,7 @@ t.test('encryption at rest', async (t) => {
     const tampered = new EncryptedStore(store, { key: key2, previousKeys: [key1] })
     await t.rejects(tampered.get(domain), { code: 'FST_AUTOCERT_CORRUPT' })
     const app = await start({ key: key2, previousKeys: [key1] })
-    await eventually(() => status(app, domain).serial !== undefined)
+    await eventually(() => domainStatus(app, domain).serial !== undefined)
     const serial = await serve(t, app)
     t.not(serial, renewed, 'a fresh certificate')
     t.equal(pebble.orderCount(), orders + 1)
@@ -571,7 +565,7 @@ t.test('encryption at rest', async (t) => {
     await new EncryptedStore(store, { key: stranger }).put(domain, plain ?? '')
     const wrong = decodeBundle(domain, domain, plain ?? '').serial
     const app = await start(keys)
-    await eventually(() => status(app, domain).serial !== undefined)
+    await eventually(() => domainStatus(app, domain).serial !== undefined)
     const serial = await serve(t, app)
     t.not(serial, wrong, 'not the blob sealed with the other key')
     t.equal(pebble.orderCount(), orders + 1, 'a fresh order')

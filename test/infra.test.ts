@@ -5,7 +5,7 @@ import * as acme from 'acme-client'
 import { BlobServiceClient } from '@azure/storage-blob'
 import t from 'tap'
 import { startAzurite } from './support/azurite'
-import { startPebble, trustPebble } from './support/pebble'
+import { fastClient, startPebble, trustPebble } from './support/pebble'
 
 // Proves the shared test infrastructure: Pebble + challtestsrv issue a real
 // certificate over HTTP-01 to a local server, and Azurite stores blobs.
@@ -27,16 +27,7 @@ t.test('pebble issues a certificate, azurite stores a blob', async t => {
   t.equal(pebble.orderCount(), 0, 'no order before issuance')
 
   const started = performance.now()
-  const client = new acme.Client({
-    directoryUrl: pebble.directoryUrl,
-    accountKey: await acme.crypto.createPrivateEcdsaKey(),
-    // Defaults poll challenge/order status after 5 s, 10 s ...: ms here keeps a run
-    // under a second. With min 20/max 200 the 10 default attempts give up after
-    // ~1.3 s of polling, too tight on a loaded 2-core box: allow more attempts.
-    backoffAttempts: 30,
-    backoffMin: 20,
-    backoffMax: 200
-  })
+  const client = await fastClient(pebble)
   const [, csr] = await acme.crypto.createCsr({ commonName: 'a.example.test' })
   const chain = await client.auto({
     csr,

@@ -7,7 +7,7 @@ import os from 'node:os'
 import path from 'node:path'
 import * as acme from 'acme-client'
 import t, { type Test } from 'tap'
-import { startPebble, trustPebble, type Pebble } from './support/pebble'
+import { fastClient, startPebble, trustPebble, type Pebble } from './support/pebble'
 
 // The harness on Pebble 2.10 (whatever PEBBLE_VERSION says): what 2.4 lacks (ARI,
 // profiles) and the error when 2.10 is not there.
@@ -108,13 +108,7 @@ t.test('Pebble 2.10: renewalInfo, set-renewal-info, replacements and the lifetim
   t.match(pebble.renewalInfoUrl, /^https:\/\/127\.0\.0\.1:\d+\/.+\/renewalInfo$/)
   t.same(Object.keys(directory.meta.profiles), ['default'], 'validityPeriod is one profile, "default"')
 
-  const client = new acme.Client({
-    directoryUrl: pebble.directoryUrl,
-    accountKey: await acme.crypto.createPrivateEcdsaKey(),
-    backoffAttempts: 30,
-    backoffMin: 20,
-    backoffMax: 200
-  })
+  const client = await fastClient(pebble)
   const leaf = await issue(client, tokens)
   const cert = new X509Certificate(leaf)
   const lifetime = (Date.parse(cert.validTo) - Date.parse(cert.validFrom)) / 1000
@@ -170,13 +164,7 @@ t.test('Pebble 2.10 profiles: listed in the directory, one order per profile nam
   const directory = JSON.parse((await get(pebble, pebble.directoryUrl)).body)
   t.same(directory.meta.profiles, { classic: 'two hours', shortlived: 'certificates valid 600 s' }, 'meta.profiles lists them')
 
-  const client = new acme.Client({
-    directoryUrl: pebble.directoryUrl,
-    accountKey: await acme.crypto.createPrivateEcdsaKey(),
-    backoffAttempts: 30,
-    backoffMin: 20,
-    backoffMax: 200
-  })
+  const client = await fastClient(pebble)
   await client.createAccount({ termsOfServiceAgreed: true })
   for (const [profile, expected] of [['classic', 7199], ['shortlived', 599]] as const) {
     // acme-client 5.4.0 knows no `profile` either, but sends it.

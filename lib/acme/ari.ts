@@ -1,5 +1,4 @@
 // ACME Renewal Information (RFC 9773): a certificate's identifier, the CA's window, and when to ask again.
-import { X509Certificate as NodeCertificate } from 'node:crypto'
 import { AuthorityKeyIdentifierExtension, X509Certificate } from '@peculiar/x509'
 
 const MINUTE = 60_000
@@ -43,26 +42,39 @@ const URL_CHARS = 2000
  * Throws when the certificate has no keyIdentifier.
  */
 export function certificateId (leaf: string): string {
-  const keyId = new X509Certificate(leaf).getExtension(AuthorityKeyIdentifierExtension)?.keyId
+  const cert = new X509Certificate(leaf)
+  const keyId = cert.getExtension(AuthorityKeyIdentifierExtension)?.keyId
   if (keyId === undefined) throw new Error('the certificate has no authority key identifier: no renewal information can be asked for it')
-  const hex = new NodeCertificate(leaf).serialNumber
+  const hex = cert.serialNumber
   const serial = Buffer.from(hex.length % 2 === 1 ? `0${hex}` : hex, 'hex')
   const der = serial[0] >= 0x80 ? Buffer.concat([Buffer.from([0]), serial]) : serial
   return `${Buffer.from(keyId, 'hex').toString('base64url')}.${der.toString('base64url')}`
 }
 
 /**
- * The CA's answer, checked: a `suggestedWindow` with a start no later than its
- * end; an https explanationURL or none. `retryAfter` is the header's value
- * (seconds or an HTTP date), as ms from `now`. Throws on anything else.
+ * The leaf's authority key identifier (hex): which issuing certificate, hence
+ * which CA, signed it; undefined when it has none or does not parse.
  */
-export function parseRenewalInfo (body: unknown, retryAfter: unknown, now: number): RenewalInfo {
+export function authorityKeyId (leaf: string): string | undefined {
+  try {
+    return new X509Certificate(leaf).getExtension(AuthorityKeyIdentifierExtension)?.keyId
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The CA's answer, checked: a `suggestedWindow` with a start no later than its
+ * end; an https explanationURL or none. `retryAfter`: the answer's
+ * Retry-After (ms), passed on. Throws on anything else.
+ */
+export function parseRenewalInfo (body: unknown, retryAfter: number | undefined): RenewalInfo {
   const window = (body as { suggestedWindow?: { start?: unknown, end?: unknown } } | undefined)?.suggestedWindow
   const start = Date.parse(String(window?.start))
   const end = Date.parse(String(window?.end))
   if (!(Number.isFinite(start) && Number.isFinite(end) && start <= end)) throw new Error('the CA\'s renewal information has no usable suggestedWindow')
   const explanationURL = httpsUrl((body as { explanationURL?: unknown }).explanationURL)
-  return { window: { start, end, ...(explanationURL === undefined ? {} : { explanationURL }) }, retryAfter: parseRetryAfter(retryAfter, now) }
+  return { window: { start, end, ...(explanationURL === undefined ? {} : { explanationURL }) }, retryAfter }
 }
 
 /** When to ask again, `retryAfter` ms after `now` as the CA asked, within RENEWAL_INFO_INTERVALS. */
@@ -79,15 +91,6 @@ export function renewalPoint (window: RenewalWindow, random = Math.random): numb
 /** Two answers name the same window. */
 export function sameWindow (a: Pick<RenewalWindow, 'start' | 'end'> | undefined, b: Pick<RenewalWindow, 'start' | 'end'> | undefined): boolean {
   return a !== undefined && b !== undefined && a.start === b.start && a.end === b.end
-}
-
-/** A Retry-After header (delay-seconds or an HTTP date) as ms from `now`; undefined when absent or unusable. */
-function parseRetryAfter (value: unknown, now: number): number | undefined {
-  if (typeof value !== 'string' || value.trim() === '') return undefined
-  const text = value.trim()
-  if (/^\d+$/.test(text)) return Number(text) * 1000
-  const at = Date.parse(text)
-  return Number.isFinite(at) ? Math.max(0, at - now) : undefined
 }
 
 function httpsUrl (value: unknown): string | undefined {

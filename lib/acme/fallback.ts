@@ -1,9 +1,8 @@
 // Several CAs in order of preference: an order the first cannot serve goes to the next.
-import { AuthorityKeyIdentifierExtension, X509Certificate } from '@peculiar/x509'
 import type { Certificate } from '../certificate'
 import { errorFields, type Logger } from '../events'
 import type { LockWaitListener } from '../fleet/locks'
-import type { RenewalInfo } from './ari'
+import { authorityKeyId, type RenewalInfo } from './ari'
 import { isCaUnavailable, type Issuer, type IssueOptions, type KeyType } from './issuer'
 
 /**
@@ -113,21 +112,12 @@ export class FallbackIssuer {
   }
 
   #remember (chain: string, i: number): void {
-    const keyId = issuerKeyId(chain)
+    const keyId = authorityKeyId(chain)
     if (keyId !== undefined) this.#issuerOf.set(keyId, i)
   }
 
   #known (cert: Certificate): number | undefined {
-    const keyId = issuerKeyId(cert.chain)
+    const keyId = authorityKeyId(cert.chain)
     return keyId === undefined ? undefined : this.#issuerOf.get(keyId)
-  }
-}
-
-/** The leaf's authority key identifier (hex): which issuing certificate, hence which CA, signed it. */
-function issuerKeyId (chain: string): string | undefined {
-  try {
-    return new X509Certificate(chain).getExtension(AuthorityKeyIdentifierExtension)?.keyId
-  } catch {
-    return undefined
   }
 }

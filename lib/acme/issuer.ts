@@ -3,13 +3,14 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import * as acme from 'acme-client'
 import type { Certificate } from '../certificate'
 import { FST_AUTOCERT_INVALID_PROFILE } from '../errors'
+import { errorMessage } from '../events'
 import type { FleetLocks, LockWaitListener } from '../fleet/locks'
 import { sleep, untilAborted } from '../signals'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
 import { certificateId, parseRenewalInfo, type RenewalInfo } from './ari'
 import type { ChallengeSolver } from './challenges'
-import { CaRefusal, retrying, retryingRequest } from './retry'
+import { CaRefusal, parseRetryAfter, retrying, retryingRequest } from './retry'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -231,7 +232,7 @@ export class Issuer {
       if (renewalInfo === undefined) return undefined
       const url = `${renewalInfo.replace(/\/+$/, '')}/${certificateId(cert.chain)}`
       const response = await acme.axios.get(url, { validateStatus: (status: number) => status === 200, ...retryingRequest(bounded) })
-      return parseRenewalInfo(response.data, response.headers['retry-after'], Date.now())
+      return parseRenewalInfo(response.data, parseRetryAfter(response.headers['retry-after'], response.headers.date, Date.now()))
     })
   }
 
@@ -263,7 +264,7 @@ export class Issuer {
       // Refused for its `replaces` (a 4xx about the order, not the CA's failure): the order may go without it.
       const status = context.problem?.status ?? 0
       if (replacing !== undefined && status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)) {
-        throw new ReplacesRefusedError(errorDetail(err), context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced', { cause: err })
+        throw new ReplacesRefusedError(errorMessage(err), context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced', { cause: err })
       }
       throw err
     })
@@ -432,10 +433,6 @@ async function problem (client: acme.Client, order: acme.Order): Promise<string>
     if (error !== undefined) return `${authz.identifier.value}: ${error.detail ?? error.type ?? 'validation failed'}`
   }
   return 'the CA marked the order invalid'
-}
-
-function errorDetail (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
 }
 
 function newKey (keyType: KeyType): Promise<Buffer> {

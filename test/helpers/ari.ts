@@ -1,12 +1,15 @@
-// The CA as the ARI tests show it to the plugin: Pebble 2.10 behind a proxy that shortens ARI's Retry-After.
+// The CA as the ARI tests show it to the plugin (Pebble 2.10 behind a proxy that shortens ARI's Retry-After), and a fleet ordering from it.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import https from 'node:https'
 import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import type { ContainerClient } from '@azure/storage-blob'
-import type { Pebble } from '../support/pebble'
+import { startAzurite, type Azurite } from '../support/azurite'
+import { startPebble, type Pebble } from '../support/pebble'
+import { freePort } from '../support/ports'
 import { startCaProxy, trustProxy, type CaProxy } from './ca-proxy'
+import { startInstance, type Instance, type InstanceOptions } from './instance'
 
 export interface AriCa {
   proxy: CaProxy
@@ -64,4 +67,40 @@ export async function storedLeaf (container: ContainerClient, domain: string): P
   const leaf = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/.exec(bundle)?.[0]
   if (leaf === undefined) throw new Error(`no certificate stored for ${domain}`)
   return leaf
+}
+
+/** A fleet of instance processes on one container, ordering from Pebble 2.10 behind the ARI proxy. */
+export interface AriFleet {
+  pebble: Pebble
+  /** Pebble's issuing root: served chains verify against it. */
+  root: string
+  /** The port Pebble validates HTTP-01 on: give it to one instance (`httpPort`), the others answer from the store. */
+  httpPort: number
+  azurite: Azurite
+  ca: AriCa
+  /** Starts an instance of the fleet (stopped at the end of the test). */
+  start: (name: string, options?: Partial<InstanceOptions>) => Promise<Instance>
+}
+
+/**
+ * Azurite, Pebble 2.10 with 90-day certificates (Pebble's own window for them
+ * is two months away: only a test moves it) behind the ARI proxy, and a way to
+ * start instances listing `domains` on `container`; all stopped when `t` ends.
+ */
+export async function startAriFleet (t: Test, container: string, domains: string[]): Promise<AriFleet> {
+  const azurite = await startAzurite()
+  t.teardown(() => azurite.stop())
+  const httpPort = await freePort()
+  const pebble = await startPebble({ httpPort, version: '2.10', validityPeriod: 90 * 86_400, env: { PEBBLE_WFE_NONCEREJECT: '0' } })
+  t.teardown(() => pebble.stop())
+  const root = await pebble.root()
+  const ca = await startAriCa(t, pebble)
+  const started: Instance[] = []
+  t.teardown(async () => { for (const instance of started) await instance.stop() })
+  const start = async (name: string, options: Partial<InstanceOptions> = {}): Promise<Instance> => {
+    const instance = await startInstance(pebble, { connectionString: azurite.connectionString, container, domains, name, ...options }, ca)
+    started.push(instance)
+    return instance
+  }
+  return { pebble, root, httpPort, azurite, ca, start }
 }

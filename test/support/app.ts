@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
-import autocert, { SNICallback, type AutocertOptions, type CertStore } from '../../lib'
+import autocert, { SNICallback, type AutocertOptions, type CertStore, type DomainStatus } from '../../lib'
 import type { Pebble } from './pebble'
 
 export interface TestApp {
@@ -37,6 +37,13 @@ export async function startApp (pebble: Pebble, httpPort: number, store: CertSto
   const address = app.server.address()
   if (address === null || typeof address === 'string') throw new Error('no address')
   return { app, port: address.port, logs }
+}
+
+/** status() of `domain` on `app` (its first key type); throws when the app does not list it. */
+export function domainStatus (app: TestApp, domain: string): DomainStatus {
+  const found = app.app.autocert.status().find((s) => s.domain === domain)
+  if (found === undefined) throw new Error(`${domain} is not listed`)
+  return found
 }
 
 /** Polls `check` every 50 ms until it returns true; rejects after `ms`. */
