@@ -46,6 +46,12 @@ export interface CertificateSource {
   clockOffset? (): number | undefined
   /** The CA's renewal window for `cert` (RFC 9773); undefined when the CA publishes none. Without this method, none is asked for. */
   renewalInfo? (cert: Certificate, signal: AbortSignal): Promise<RenewalInfo | undefined>
+  /**
+   * Whether the CA that issued `cert` publishes renewal windows at all, as its
+   * directory says (no request per certificate). False spares the fleet's
+   * record and the name's lock; without this method, it is taken to.
+   */
+  offersRenewalInfo? (cert: Certificate): Promise<boolean>
   /** Revokes `cert` at the CA (`reason`: an RFC 5280 CRLReason code). */
   revoke? (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void>
 }
@@ -892,8 +898,14 @@ export class CertificateManager {
    */
   async #checkRenewalInfo (slot: Slot): Promise<void> {
     slot.ariCheckAt = undefined
-    if (this.#opts.issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
+    const { issuer } = this.#opts
+    if (issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
     try {
+      // A CA without renewal windows costs the store nothing: its directory says so, no record or lock is needed.
+      if (await issuer.offersRenewalInfo?.(slot.cert as Certificate).catch(() => true) === false) {
+        slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.max
+        return
+      }
       const fresh = this.#fresh(slot, await this.#currentRecord(slot))
       if (fresh !== undefined) return this.#useRenewalInfo(slot, fresh)
       const lock = await this.#nameLock(slot)
@@ -959,6 +971,7 @@ export class CertificateManager {
     }
     if (failed === undefined && answer === undefined) {
       slot.ariCheckAt = now + RENEWAL_INFO_INTERVALS.max
+      this.#schedule(slot, slot.nextAt ?? slot.renewAt as number)
       return false
     }
     const window = answer?.window ?? previous?.window

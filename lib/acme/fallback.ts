@@ -92,6 +92,14 @@ export class FallbackIssuer {
     return undefined
   }
 
+  /** The issuing CA's directory when it is known, else whether any CA's has `renewalInfo` (one of them may know `cert`). */
+  async offersRenewalInfo (cert: Certificate): Promise<boolean> {
+    const known = this.#known(cert)
+    if (known !== undefined) return await this.#issuers[known].offersRenewalInfo()
+    const offers = await Promise.all(this.#issuers.map((issuer) => issuer.offersRenewalInfo().catch(() => true)))
+    return offers.includes(true)
+  }
+
   async revoke (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void> {
     await this.#issuers[this.#known(cert) ?? 0].revoke(cert, reason, signal)
   }

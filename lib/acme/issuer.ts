@@ -236,6 +236,11 @@ export class Issuer {
     })
   }
 
+  /** Whether the directory has `renewalInfo` (read once a day: no request per certificate). */
+  async offersRenewalInfo (): Promise<boolean> {
+    return (await this.#readDirectory()).renewalInfo !== undefined
+  }
+
   /** Revokes `cert` at the CA with the fleet's account; `reason` is an RFC 5280 CRLReason code (default: none given, 0). */
   async revoke (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void> {
     const bounded = AbortSignal.any([signal, AbortSignal.timeout(ORDER_DEADLINE)])

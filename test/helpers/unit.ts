@@ -148,7 +148,15 @@ export class AriIssuer extends LocalIssuer {
     return { window: { start: Math.max(cert.notBefore, ideal - 86_400_000), end: Math.min(cert.notAfter, ideal + 86_400_000) }, retryAfter: 6 * 3_600_000 }
   }
 
+  /** False: a CA whose directory has no `renewalInfo` (offersRenewalInfo() says so, renewalInfo() finds none). */
+  offers = true
+
+  async offersRenewalInfo (): Promise<boolean> {
+    return this.offers
+  }
+
   async renewalInfo (cert: Certificate): Promise<RenewalInfo | undefined> {
+    if (!this.offers) return undefined
     this.checks.push({ serial: cert.serial, at: this.now })
     const answer = this.answer(cert)
     if (answer instanceof Error) throw answer

@@ -137,6 +137,22 @@ t.test('ARI failing or missing: the lifetime rule, and the check tried again aft
   t.equal(issuer.checks.length, none, 'a CA without renewal information is not asked again for 12 hours')
 })
 
+t.test('a CA whose directory has no renewal windows costs the store nothing: no record read, no lock but the order\'s', async (t) => {
+  const units = fleet(3, { domains: [A] })
+  t.teardown(async () => { for (const u of units) await u.manager.close() })
+  const { store, clock } = units[0]
+  const used: string[] = []
+  const { get, lock } = store
+  store.get = async (key, options) => { used.push(`get ${key}`); return await get.call(store, key, options) }
+  store.lock = async (key, signal, options) => { used.push(`lock ${key}`); return await lock.call(store, key, signal, options) }
+  for (const unit of units) unit.issuer.offers = false
+  await startAll(units)
+  await clock.advance(2 * DAY + MIN)
+  t.same(used.filter((u) => u.endsWith('+ari') || u === `lock ${A}`), [`lock ${A}`], 'three instances, two days: the name locked once, for its order, and no record read')
+  t.same(units.map((u) => u.manager.status()[0].renewalInfoCheck === undefined || (u.manager.status()[0].renewalInfoCheck as Date).getTime() > clock.now()), [true, true, true], 'the next look is hours away')
+  t.equal(orders(units).length, 1, 'one order')
+})
+
 t.test('a record no instance could have written is ignored: the CA is asked, the record replaced', async (t) => {
   const [unit] = fleet(1, { domains: [A] })
   const { manager, clock, issuer, store } = unit
