@@ -23,7 +23,7 @@ import { handshake } from '../test/support/tls'
 import { fmt, log, median, type Figure, type Row } from './common'
 
 // lib/acme/issuer.ts POLLING: the same polling for the baseline.
-const POLLING = { backoffMin: 100, backoffMax: 2000, backoffAttempts: 35 }
+export const POLLING = { backoffMin: 100, backoffMax: 2000, backoffAttempts: 35 }
 const WARM_CONTAINER = 'bench-first-warm'
 const CHALLENGE_PATH = '/.well-known/acme-challenge/'
 
@@ -231,7 +231,7 @@ function timedStore (inner: CertStore): CertStore & { since: (t: number) => void
 }
 
 /** createOrder ... getCertificate, as lib/acme/issuer.ts does them. */
-async function issue (client: acme.Client, name: string, answers: Map<string, string>): Promise<string> {
+export async function issue (client: acme.Client, name: string, answers: Map<string, string>): Promise<string> {
   const [, csr] = await acme.crypto.createCsr({ commonName: name, altNames: [name] }, await acme.crypto.createPrivateEcdsaKey('P-256'))
   let order = await client.createOrder({ identifiers: [{ type: 'dns', value: name }] })
   const authorizations = await client.getAuthorizations(order)
@@ -247,7 +247,7 @@ async function issue (client: acme.Client, name: string, answers: Map<string, st
   return client.getCertificate(order)
 }
 
-function answerHttp01 (port: number, answers: Map<string, string>): Promise<Server> {
+export function answerHttp01 (port: number, answers: Map<string, string>): Promise<Server> {
   const server = createServer((req, res) => {
     const url = req.url ?? ''
     const answer = url.startsWith(CHALLENGE_PATH) ? answers.get(url.slice(CHALLENGE_PATH.length)) : undefined

@@ -1,6 +1,6 @@
 /*
- * `npm run bench`: every figure of issue 5, and the challenge flood (6), against a baseline measured in the
- * same run, on real Pebble and Azurite started here on free 127.0.0.1 ports.
+ * `npm run bench`: every figure of issue 5, the challenge flood (6) and the ARI drill (7), each against a
+ * baseline measured in the same run, on real Pebble and Azurite started here on free 127.0.0.1 ports.
  * Prints one table on stdout (progress and notes go to stderr).
  *
  *   BENCH_QUICK=1            smoke run, small numbers (about a minute)
@@ -11,6 +11,7 @@
  */
 import { execFileSync } from 'node:child_process'
 import os from 'node:os'
+import { ariDrill } from './ari-drill'
 import { coldStart } from './cold-start'
 import { challengeFlood } from './challenge-flood'
 import { Services, log, readSettings, type Figure, type Notes, type Row } from './common'
@@ -25,7 +26,8 @@ const FIGURES: Record<number, Figure> = {
   3: firstCertificate,
   4: scanCost,
   5: concurrency,
-  6: challengeFlood
+  6: challengeFlood,
+  7: ariDrill
 }
 
 async function main (): Promise<number> {
@@ -39,7 +41,7 @@ async function main (): Promise<number> {
   try {
     for (const n of [...settings.figures].sort()) {
       const figure = FIGURES[n]
-      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (1 to 6)`)
+      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (1 to 7)`)
       log(`figure ${n}...`)
       const t0 = performance.now()
       try {

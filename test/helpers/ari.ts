@@ -3,13 +3,17 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import https from 'node:https'
 import os from 'node:os'
 import path from 'node:path'
-import type { Test } from 'tap'
 import type { ContainerClient } from '@azure/storage-blob'
 import { startAzurite, type Azurite } from '../support/azurite'
 import { startPebble, type Pebble } from '../support/pebble'
 import { freePort } from '../support/ports'
 import { startCaProxy, trustProxy, type CaProxy } from './ca-proxy'
 import { startInstance, type Instance, type InstanceOptions } from './instance'
+
+/** Whoever releases what a helper starts: a tap test, or the bench's services. */
+export interface Owner {
+  teardown: (fn: () => unknown) => void
+}
 
 export interface AriCa {
   proxy: CaProxy
@@ -40,7 +44,7 @@ export function getJson (url: string, ca: string[]): Promise<Record<string, unkn
  * checks whatever the CA says (RENEWAL_INFO_INTERVALS.min), so '1' means every
  * minute. This process's acme-client trusts both listeners.
  */
-export async function startAriCa (t: Test, pebble: Pebble, retryAfter = '1'): Promise<AriCa> {
+export async function startAriCa (t: Owner, pebble: Pebble, retryAfter = '1'): Promise<AriCa> {
   const proxy = await startCaProxy(pebble)
   t.teardown(() => proxy.close())
   trustProxy(proxy, pebble)
@@ -85,9 +89,9 @@ export interface AriFleet {
 /**
  * Azurite, Pebble 2.10 with 90-day certificates (Pebble's own window for them
  * is two months away: only a test moves it) behind the ARI proxy, and a way to
- * start instances listing `domains` on `container`; all stopped when `t` ends.
+ * start instances listing `domains` on `container`; all stopped when `t` ends (its teardown).
  */
-export async function startAriFleet (t: Test, container: string, domains: string[]): Promise<AriFleet> {
+export async function startAriFleet (t: Owner, container: string, domains: string[]): Promise<AriFleet> {
   const azurite = await startAzurite()
   t.teardown(() => azurite.stop())
   const httpPort = await freePort()

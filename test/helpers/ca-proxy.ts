@@ -5,10 +5,8 @@ import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import tls from 'node:tls'
 import { promisify } from 'node:util'
-import * as acme from 'acme-client'
-import type { Pebble } from '../support/pebble'
+import { trustListeners, type Pebble } from '../support/pebble'
 
 /** An answer the proxy gives instead of Pebble's. */
 export interface FakeAnswer {
@@ -197,5 +195,5 @@ function jwsNonce (body: Buffer): string | undefined {
 
 /** Makes acme-client trust the proxy's listener (and Pebble's, for direct use), as trustPebble does. */
 export function trustProxy (proxy: CaProxy, pebble: Pebble): void {
-  acme.axios.defaults.httpsAgent = new https.Agent({ keepAlive: true, ca: [...tls.rootCertificates, pebble.caCert, proxy.caCert] })
+  trustListeners(pebble.caCert, proxy.caCert)
 }

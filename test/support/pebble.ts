@@ -290,7 +290,15 @@ export async function startPebble (opts: PebbleOptions): Promise<Pebble> {
 // keepAlive: a fresh TLS handshake per ACME request roughly doubled issuance time
 // (~0.9 s -> ~0.4 s); idle sockets are unref'd by Node, so they hold no test open.
 export function trustPebble (p: Pebble): void {
-  acme.axios.defaults.httpsAgent = new https.Agent({ keepAlive: true, ca: [...tls.rootCertificates, p.caCert] })
+  trustListeners(p.caCert)
+}
+
+const trusted = new Set<string>()
+
+/** Adds listener certificates (PEM) to those acme-client trusts in this process: a second CA does not untrust the first. */
+export function trustListeners (...certificates: string[]): void {
+  for (const pem of certificates) trusted.add(pem)
+  acme.axios.defaults.httpsAgent = new https.Agent({ keepAlive: true, ca: [...tls.rootCertificates, ...trusted] })
 }
 
 /**
