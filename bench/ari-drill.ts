@@ -46,7 +46,7 @@ export const ariDrill: Figure = async (services, settings, notes) => {
   const container = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(CONTAINER)
 
   // 1. The certificates to replace, from an instance with room in its budget.
-  let t0 = performance.now()
+  const t0 = performance.now()
   const seed = await start('seed', { httpPort, maxOrdersPerHour: 10 * count })
   await Promise.all(domains.map((domain) => seed.waitForLog((l) => l.msg === 'certificate obtained' && l.domain === domain, 600_000)))
   await seed.stop()
