@@ -167,7 +167,7 @@ async function allReplaced (fleet: Instance[], domains: string[], before: Map<st
   let pending = fleet.flatMap((instance) => domains.map((domain) => ({ instance, domain })))
   while (pending.length > 0) {
     if (performance.now() - since > 600_000) {
-      log(`figure 7: ${pending.length} (instance, domain) pairs still served the old certificate after 10 minutes`)
+      log(`figure 7: ${pending.length} (instance, domain) pairs still served the old certificate after 10 minutes: ${pending.slice(0, 5).map((p) => `${p.instance.name} ${p.domain}`).join(', ')}`)
       return Infinity
     }
     const still: typeof pending = []
