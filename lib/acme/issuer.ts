@@ -41,6 +41,7 @@ export interface IssuerOptions {
 const REQUEST_TIMEOUT = 30_000
 /** The longest one order may take, validation and polling included. */
 const ORDER_DEADLINE = 5 * 60_000
+const SERVER_INTERNAL = 'urn:ietf:params:acme:error:serverInternal'
 const ordering = new AsyncLocalStorage<RequestContext>()
 
 /**
@@ -266,9 +267,13 @@ export class Issuer {
       ...(replacing === undefined ? {} : { replaces: replacing })
     }
     let order = await client.createOrder(request).catch((err: unknown) => {
-      // Refused for its `replaces` (a 4xx about the order, not the CA's failure): the order may go without it.
+      // Refused for its `replaces` (a 4xx about the order, not the CA's failure), or a serverInternal answer that
+      // lasted through the retries (Pebble 2.10 answers 500 for about one certificate in 200 that it cannot find
+      // the order of): the order may go once without it. A 429, a gateway's 5xx or a network error stays the CA's.
       const status = context.problem?.status ?? 0
-      if (replacing !== undefined && status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)) {
+      const refused = status >= 400 && status < 500 && status !== 429 && !(err instanceof CaRefusal)
+      const internal = (err instanceof CaRefusal ? err.type : context.problem?.type) === SERVER_INTERNAL
+      if (replacing !== undefined && (refused || internal)) {
         throw new ReplacesRefusedError(errorMessage(err), context.problem?.type === 'urn:ietf:params:acme:error:alreadyReplaced', { cause: err })
       }
       throw err

@@ -52,7 +52,7 @@ export interface CaProxy {
    * answers are the only fakes; every other answer is Pebble's own. Requests
    * and answers are read whole before they are passed on (ACME's are small).
    */
-  intercept: (req: { method: string, path: string }) => FakeAnswer | undefined
+  intercept: (req: { method: string, path: string, body: Buffer }) => FakeAnswer | undefined
   /**
    * Changes Pebble's own answer before it is passed on: headers to set (e.g.
    * a shorter Retry-After) or a new body (e.g. a directory without
@@ -128,7 +128,7 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
   })
 
   const handle = async (req: IncomingMessage, res: ServerResponse, record: Seen, body: Buffer): Promise<void> => {
-    const fake = proxy.intercept({ method: record.method, path: record.path })
+    const fake = proxy.intercept({ method: record.method, path: record.path, body })
     if (fake !== undefined) {
       record.faked = true
       record.problem = fake.problem?.type
@@ -181,6 +181,16 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
 }
 
 interface Answer { status: number, headers: IncomingHttpHeaders, body: Buffer }
+
+/** The payload of a JWS body (RFC 8555 6.2) as JSON, undefined for anything else (a POST-as-GET's is empty). */
+export function jwsPayload (body: Buffer): Record<string, unknown> | undefined {
+  try {
+    const jws = JSON.parse(body.toString('utf8')) as { payload?: string }
+    return JSON.parse(Buffer.from(String(jws.payload), 'base64url').toString('utf8')) as Record<string, unknown>
+  } catch {
+    return undefined
+  }
+}
 
 /** The nonce in a JWS body's protected header (RFC 8555 6.2), undefined for anything else. */
 function jwsNonce (body: Buffer): string | undefined {
