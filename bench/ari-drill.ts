@@ -21,11 +21,12 @@
  */
 import * as acme from 'acme-client'
 import { BlobServiceClient } from '@azure/storage-blob'
+import { RENEWAL_INFO_INTERVALS } from '../lib/acme/ari'
 import { startAriFleet, storedLeaf } from '../test/helpers/ari'
 import type { Instance } from '../test/helpers/instance'
 import { handshake } from '../test/support/tls'
 import { describeCount, startBlobCounter } from './blob-counter'
-import { fmt, log, pool, type Figure, type Row } from './common'
+import { fmt, log, pool, type Figure } from './common'
 import { answerHttp01, issue, POLLING } from './first-certificate'
 
 const CONTAINER = 'bench-drill'
@@ -97,11 +98,10 @@ export const ariDrill: Figure = async (services, settings, notes) => {
   const idle = blobs.take()
   checks = ca.checks() - checks
   const perCheck = idle.total / checks
-  const intervalS = 60
   const perDomainDay = perCheck * DAY_S / LETS_ENCRYPT_INTERVAL_S
   const formula = (7 + (fleet.length - 1)) * DAY_S / LETS_ENCRYPT_INTERVAL_S
   notes.push(`figure 7: idle fleet with ARI, ${fmt.int(idleMs / 1000)} s: ${checks} renewal-window checks at the CA ` +
-    `(${(checks / count / (idleMs / 1000 / intervalS)).toFixed(2)} per domain and minute-long interval), ${describeCount(idle)}; ` +
+    `(${(checks / count / (idleMs / RENEWAL_INFO_INTERVALS.min)).toFixed(2)} per domain and minute-long interval), ${describeCount(idle)}; ` +
     `${perCheck.toFixed(2)} operations per check, so ${perDomainDay.toFixed(1)} per domain per day at a 6-hour interval (README: ${formula})`)
   for (const instance of fleet.splice(0)) await instance.stop()
 
@@ -124,7 +124,7 @@ export const ariDrill: Figure = async (services, settings, notes) => {
   notes.push(`figure 7: the same fleet on a directory without renewalInfo, ${fmt.int(withoutAriMs / 1000)} s idle: ${describeCount(plain)}`)
   for (const instance of fleet.splice(0)) await instance.stop()
 
-  const rows: Row[] = [{
+  return [{
     figure: `7 ARI drill, ${count} domains, ${INSTANCES.length} instances: first order to all served`,
     ours: `${fmt.ms(workMs)} (${ordered} orders, ${replacing} replaces)`,
     baseline: `${fmt.ms(baselineMs)} (acme-client, back to back)`,
@@ -138,7 +138,6 @@ export const ariDrill: Figure = async (services, settings, notes) => {
     target: `README's ${formula} for 3 instances`,
     met: perDomainDay <= formula * 1.05
   }]
-  return rows
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))

@@ -43,11 +43,11 @@ export async function startBlobCounter (azurite: { port: number, accountName: st
     const url = new URL(req.url ?? '/', 'http://relay')
     const [, , blobContainer = '', ...blob] = url.pathname.split('/')
     const comp = url.searchParams.get('comp') ?? url.searchParams.get('restype') ?? ''
-    const name = decodeURIComponent(blob.join('/'))
-    const kind = `${req.method ?? '?'}${comp === '' ? '' : ` ${comp}`} ${keyKind(name)}`
+    const key = keyKind(decodeURIComponent(blob.join('/')))
+    const kind = `${req.method ?? '?'}${comp === '' ? '' : ` ${comp}`} ${key}`
     count.total++
     count.byKind.set(kind, (count.byKind.get(kind) ?? 0) + 1)
-    if (req.method === 'GET' && comp === '' && blobContainer === container && keyKind(name) === 'cert') count.certificateReads++
+    if (req.method === 'GET' && comp === '' && blobContainer === container && key === 'cert') count.certificateReads++
     const upstream = http.request({ host: '127.0.0.1', port: azurite.port, method: req.method, path: req.url, headers: req.headers, agent }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.headers)
       answer.pipe(res)

@@ -41,7 +41,7 @@ async function main (): Promise<number> {
   try {
     for (const n of [...settings.figures].sort()) {
       const figure = FIGURES[n]
-      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (1 to 7)`)
+      if (figure === undefined) throw new TypeError(`BENCH_FIGURES: there is no figure ${n} (${Object.keys(FIGURES).join(', ')})`)
       log(`figure ${n}...`)
       const t0 = performance.now()
       try {

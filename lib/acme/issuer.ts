@@ -320,8 +320,7 @@ export class Issuer {
    * and the certificate has an authority key identifier.
    */
   async #replaces (cert: Certificate): Promise<string | undefined> {
-    const { renewalInfo } = await this.#readDirectory()
-    if (renewalInfo === undefined) return undefined
+    if (!(await this.offersRenewalInfo())) return undefined
     try {
       return certificateId(cert.chain)
     } catch {

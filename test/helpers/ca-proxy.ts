@@ -182,25 +182,26 @@ export async function startCaProxy (pebble: Pebble): Promise<CaProxy> {
 
 interface Answer { status: number, headers: IncomingHttpHeaders, body: Buffer }
 
-/** The payload of a JWS body (RFC 8555 6.2) as JSON, undefined for anything else (a POST-as-GET's is empty). */
-export function jwsPayload (body: Buffer): Record<string, unknown> | undefined {
+/** One part (`protected` header or `payload`) of a JWS body (RFC 8555 6.2) as JSON, undefined for anything else. */
+function jwsPart (body: Buffer, part: 'protected' | 'payload'): Record<string, unknown> | undefined {
   try {
-    const jws = JSON.parse(body.toString('utf8')) as { payload?: string }
-    return JSON.parse(Buffer.from(String(jws.payload), 'base64url').toString('utf8')) as Record<string, unknown>
+    const jws = JSON.parse(body.toString('utf8')) as Record<string, unknown>
+    const value: unknown = JSON.parse(Buffer.from(String(jws[part]), 'base64url').toString('utf8'))
+    return typeof value === 'object' && value !== null ? value as Record<string, unknown> : undefined
   } catch {
     return undefined
   }
 }
 
-/** The nonce in a JWS body's protected header (RFC 8555 6.2), undefined for anything else. */
+/** The payload of a JWS body as JSON, undefined for anything else (a POST-as-GET's is empty). */
+export function jwsPayload (body: Buffer): Record<string, unknown> | undefined {
+  return jwsPart(body, 'payload')
+}
+
+/** The nonce in a JWS body's protected header, undefined for anything else. */
 function jwsNonce (body: Buffer): string | undefined {
-  try {
-    const jws = JSON.parse(body.toString('utf8')) as { protected?: string }
-    const header = JSON.parse(Buffer.from(String(jws.protected), 'base64url').toString('utf8')) as { nonce?: unknown }
-    return typeof header.nonce === 'string' ? header.nonce : undefined
-  } catch {
-    return undefined
-  }
+  const nonce = jwsPart(body, 'protected')?.nonce
+  return typeof nonce === 'string' ? nonce : undefined
 }
 
 /** Makes acme-client trust the proxy's listener (and Pebble's, for direct use), as trustPebble does. */
