@@ -117,12 +117,18 @@ t.test('a name allow() no longer accepts is not renewed', async (t) => {
   t.teardown(() => app.app.close())
   const renewed: string[] = []
   app.app.autocert.on('renewed', (e) => renewed.push(e.domain))
+  const ordering = (domain: string): number => app.logs.filter((l) => l.msg === 'ordering certificate' && l.domain === domain).length
   for (const name of tenants) t.ok((await handshake(app.port, name, root)).authorized, `${name} obtained`)
   const orders = pebble.orderCount()
+  const keepOrders = ordering('keep.example.test')
   tenants.delete('gone.example.test')
   await eventually(() => renewed.includes('keep.example.test') &&
     app.logs.some((l) => l.msg === 'on-demand name no longer allowed: not renewed' && l.domain === 'gone.example.test'), 60_000)
-  t.equal(pebble.orderCount(), orders + 1, 'one renewal order: keep.example.test only')
+  // Pebble 2.10's windows span the whole of a 30-second certificate, so keep.example.test may
+  // renew more than once before gone.example.test comes due: every order since is one of its renewals.
+  t.equal(ordering('gone.example.test'), 1, 'no order for gone.example.test since its first')
+  await t.resolves(eventually(() => pebble.orderCount() === orders + ordering('keep.example.test') - keepOrders),
+    'every order Pebble received since is one of keep.example.test\'s renewals')
   t.notOk(renewed.includes('gone.example.test'), 'gone.example.test was not renewed')
   t.same(app.app.autocert.status().map((s) => s.domain), ['keep.example.test'], 'and is no longer in memory')
   await t.rejects(handshake(app.port, 'gone.example.test', root), 'a handshake for it is refused once allow() says no')
