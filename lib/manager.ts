@@ -221,8 +221,19 @@ export class CertificateManager {
   /** Orders new certificates for `name` now (one per key type), whatever the current ones' validity; resolves with the primary one. */
   async renew (name: string): Promise<Certificate> {
     const site = await this.#allowed(name)
-    const [primary] = await Promise.all(site.slots.map(async (slot) => await this.#order(slot, { force: true, until: 'stored' })))
+    const [primary] = await Promise.all(site.slots.map(async (slot) => await this.#renewed(slot)))
     return primary
+  }
+
+  /**
+   * A forced order's certificate, issued after this call: an order already in
+   * flight is joined, but if it had already served its certificate when this
+   * was called, that one is not a renewal, and a new order follows it.
+   */
+  async #renewed (slot: Slot): Promise<Certificate> {
+    const served = slot.cert?.serial
+    const cert = await this.#order(slot, { force: true, until: 'stored' })
+    return cert.serial === served ? await this.#order(slot, { force: true, until: 'stored' }) : cert
   }
 
   /**
@@ -240,8 +251,8 @@ export class CertificateManager {
       const old = this.#live(slot.cert) ? slot.cert : await this.#load(slot)
       if (old === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, `there is no ${slot.type} certificate to revoke`)
       // Replaced first: the old one is served until its replacement is, never nothing.
-      const replacement = await this.#order(slot, { force: true, until: 'stored' })
-      // An order already in flight may have ended without a new certificate: the one served is not revoked then.
+      const replacement = await this.#renewed(slot)
+      // Should no new certificate come of it, the one served is left unrevoked.
       if (replacement.serial === old.serial) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, 'no replacement could be obtained: the certificate is left as it is')
       try {
         await revoke(old, reason, this.#closing.signal)

@@ -1,5 +1,7 @@
 // Unit tier: when certificates are renewed, on a manual clock (see test/helpers/unit.ts).
 import t from 'tap'
+import { storeKeys } from '../../lib/store/keys'
+import { MemoryStore } from '../../lib/store/memory'
 import { unitManager } from '../helpers/unit'
 
 const MIN = 60_000
@@ -71,4 +73,25 @@ t.test('a certificate another instance renewed is adopted from the store at the 
   await shared.clock.advance(61 * DAY)
   t.equal(shared.issuer.calls.length + other.issuer.calls.length, 2, 'one renewal for the two instances')
   t.equal(other.manager.status()[0].serial, shared.manager.status()[0].serial, 'both serve the renewed certificate')
+})
+
+t.test('renew() while the first order is still writing its certificate: a new certificate, not the one just served', async (t) => {
+  const store = new MemoryStore()
+  const { manager, clock, issuer } = unitManager({ domains: [A], store })
+  t.teardown(() => manager.close())
+  // The store's write of the first certificate waits: that order is served but not done.
+  let written!: () => void
+  const writing = new Promise<void>((resolve) => { written = resolve })
+  const put = store.put.bind(store)
+  store.put = async (key, value) => { if (key === storeKeys.certificate(A, 'ecdsa')) await writing; await put(key, value) }
+  manager.start()
+  await clock.advance(0)
+  const first = manager.status()[0].serial
+  t.ok(first, 'the first certificate is served')
+  const renewing = manager.renew(A)
+  written()
+  const renewed = await renewing
+  t.not(renewed.serial, first, 'renew() answers with a certificate issued after it was called')
+  t.equal(manager.status()[0].serial, renewed.serial, 'and it is served')
+  t.equal(issuer.calls.length, 2, 'the first order and the renewal')
 })
