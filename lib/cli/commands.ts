@@ -1,0 +1,4 @@
+// The commands of `fastify-autocert <command>`, in the order the help lists them.
+import type { Command } from './context'
+
+export const COMMANDS: readonly Command[] = []
