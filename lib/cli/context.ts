@@ -234,7 +234,8 @@ export class Output {
 
   /** `text` in `style` when colours are wanted. */
   paint (style: 'red' | 'yellow' | 'green' | 'dim' | 'bold', text: string): string {
-    return this.colours ? styleText(style, text) : text
+    // styleText came with Node 20.12: on an older 20, no colours.
+    return this.colours && typeof styleText === 'function' ? styleText(style, text) : text
   }
 
   line (text = ''): void {
