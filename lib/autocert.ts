@@ -62,7 +62,8 @@ export interface CertificateInfo {
 /** The revocation reasons a CA accepts from a subscriber (RFC 5280 CRLReason; Let's Encrypt takes these five), by name or code. */
 export type RevocationReason = 'unspecified' | 'keyCompromise' | 'affiliationChanged' | 'superseded' | 'cessationOfOperation' | 0 | 1 | 3 | 4 | 5
 
-const REVOCATION_REASONS: Readonly<Record<string, number>> = { unspecified: 0, keyCompromise: 1, affiliationChanged: 3, superseded: 4, cessationOfOperation: 5 }
+/** The RFC 5280 code of each revocation reason a subscriber may give, by name. */
+export const REVOCATION_REASONS: Readonly<Record<Exclude<RevocationReason, number>, number>> = { unspecified: 0, keyCompromise: 1, affiliationChanged: 3, superseded: 4, cessationOfOperation: 5 }
 
 /** The RFC 5280 code of `reason`; FST_AUTOCERT_REVOKE_FAILED for anything else, before the CA is asked. */
 function reasonCode (domain: string, reason: RevocationReason | undefined): number | undefined {
