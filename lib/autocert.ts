@@ -79,7 +79,11 @@ function reasonCode (domain: string, reason: RevocationReason | undefined): numb
 export interface Autocert {
   /** The certificate served for `domain`, obtaining it first if needed. */
   certificate (domain: string): Promise<CertificateInfo>
-  /** Orders a new certificate for `domain` now and serves it from then on. */
+  /**
+   * Orders a new certificate for `domain` now (each key type) and serves it
+   * from then on. The other instances adopt it at their next look at the
+   * renewal information, as after revoke() (see the README).
+   */
   renew (domain: string): Promise<CertificateInfo>
   /**
    * Replaces the certificates of `domain` (each key type) with new ones, then

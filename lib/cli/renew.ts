@@ -41,10 +41,10 @@ own renewal time or restart.`
 interface OrderSettings {
   domain: string
   directoryUrl: string[]
-  email?: string
-  profile?: string
-  maxOrdersPerHour?: number
-  keyTypes?: KeyType[]
+  email: string | undefined
+  profile: string | undefined
+  maxOrdersPerHour: number | undefined
+  keyTypes: KeyType[] | undefined
   verbose: boolean
 }
 
@@ -72,10 +72,10 @@ function orderSettings (values: Values, positionals: string[], env: NodeJS.Proce
   return {
     domain,
     directoryUrl: urls,
-    ...(email === undefined ? {} : { email }),
-    ...(profile === undefined ? {} : { profile }),
-    ...(maxOrdersPerHour === undefined ? {} : { maxOrdersPerHour }),
-    ...(given === undefined ? {} : { keyTypes: [...new Set(given as KeyType[])] }),
+    email,
+    profile,
+    maxOrdersPerHour,
+    keyTypes: given === undefined ? undefined : [...new Set(given as KeyType[])],
     verbose: values.verbose === true
   }
 }
@@ -100,7 +100,7 @@ async function storedKeyTypes (store: CertStore, describe: string, { domain, key
 /** The plugin's log lines as JSON on stderr with --verbose (through Output.note, so scrubbed), else nothing. */
 function cliLogger (out: Output, verbose: boolean): Logger {
   const line = (level: string) => (obj: object, msg: string): void => { if (verbose) out.note(JSON.stringify({ level, msg, ...obj })) }
-  return { debug () {}, info: line('info'), warn: line('warn'), error: line('error') }
+  return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error') }
 }
 
 /**
@@ -126,9 +126,9 @@ async function withFleetAccount (ctx: CommandContext, command: string, work: (au
     // Named in the fleet's lock while the order holds it (status().lockHolder, the list command).
     instanceId: `fastify-autocert ${command} on ${hostname()}/${process.pid}`,
     logger: cliLogger(ctx.out, settings.verbose),
-    ...(settings.email === undefined ? {} : { email: settings.email }),
-    ...(settings.profile === undefined ? {} : { profile: settings.profile }),
-    ...(settings.maxOrdersPerHour === undefined ? {} : { maxOrdersPerHour: settings.maxOrdersPerHour })
+    email: settings.email,
+    profile: settings.profile,
+    maxOrdersPerHour: settings.maxOrdersPerHour
   })
   try {
     await autocert.ready()
