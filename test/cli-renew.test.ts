@@ -161,6 +161,8 @@ t.test('renew and revoke from the command line, while the fleet runs', async (t)
     oneLineError(t, await inProcess(['renew', DOMAIN, '--key-type', 'dsa'], env), 'renew', /--key-type "dsa": expected ecdsa or rsa/)
     oneLineError(t, await inProcess(['renew', DOMAIN, '--max-orders-per-hour', 'lots'], env), 'renew', /--max-orders-per-hour "lots": expected a positive whole number, the fleet's maxOrdersPerHour/)
     oneLineError(t, await inProcess(['renew', DOMAIN, '--max-orders-per-hour', '0'], env), 'renew', /--max-orders-per-hour "0": expected a positive whole number, the fleet's maxOrdersPerHour/)
+    oneLineError(t, await inProcess(['renew', DOMAIN], { ...env, ACME_DIRECTORY_URL: undefined }), 'renew',
+      /name the fleet's CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL/)
     oneLineError(t, await inProcess(['renew', '1.2.3.4'], env), 'renew', /"1\.2\.3\.4" is not a host name a CA issues for/)
     oneLineError(t, await inProcess(['renew', DOMAIN], { ...env, ACME_DIRECTORY_URL: 'http://insecure.example.test/dir' }), 'renew', /FST_AUTOCERT_INVALID_DIRECTORY_URL: .*/)
     // A container with the certificate but not the fleet's account: never a new account.
@@ -169,8 +171,7 @@ t.test('renew and revoke from the command line, while the fleet runs', async (t)
     await bare.create()
     const bundle = await service.getContainerClient(CONTAINER).getBlockBlobClient(DOMAIN).downloadToBuffer()
     await bare.getBlockBlobClient(DOMAIN).uploadData(bundle)
-    // No ACME_DIRECTORY_URL: Let's Encrypt's production directory, never reached.
-    const noAccount = await inProcess(['revoke', DOMAIN], { ...env, AZURE_STORAGE_CONTAINER: 'noaccount', ACME_DIRECTORY_URL: undefined })
+    const noAccount = await inProcess(['revoke', DOMAIN], { ...env, AZURE_STORAGE_CONTAINER: 'noaccount' })
     oneLineError(t, noAccount, 'revoke', /no ACME account in container noaccount at .*: the fleet registers it with its first order/)
     t.equal(pebble.orderCount(), orders, 'no order')
     noSecrets(t, noAccount, connectionString)

@@ -24,6 +24,8 @@ const ORDER_HELP = `${STORE_HELP}
 
 ${CA_HELP}
   --profile NAME            ACME_PROFILE         the fleet's certificate profile; default: the CA's
+renew and revoke have no default CA: name the fleet's, where its account is registered (a
+comma-separated list is the fleet's fallback list, first CA first, as the example server reads it).
 
 Order:
   --key-type T              ecdsa or rsa (repeatable): which of the name's certificates; default: every one stored
@@ -57,7 +59,10 @@ function flag (values: Values, name: string): string | undefined {
 function orderSettings (values: Values, positionals: string[], env: NodeJS.ProcessEnv): OrderSettings {
   const domain = normalizeName(positionals[0] as string)
   if (domain === undefined) throw new CliError(`${JSON.stringify(positionals[0])} is not a host name a CA issues for`)
-  const urls = (flag(values, 'directory-url') ?? (env.ACME_DIRECTORY_URL || 'production')).split(',').map((url) => url.trim()).filter((url) => url !== '')
+  // No default: another CA than the fleet's would register the fleet's key there as a new account.
+  const named = flag(values, 'directory-url') ?? (env.ACME_DIRECTORY_URL || undefined)
+  if (named === undefined) throw new CliError('name the fleet\'s CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL')
+  const urls = named.split(',').map((url) => url.trim()).filter((url) => url !== '')
   const email = flag(values, 'email') ?? (env.ACME_EMAIL || undefined)
   const profile = flag(values, 'profile') ?? (env.ACME_PROFILE || undefined)
   const budget = flag(values, 'max-orders-per-hour')
