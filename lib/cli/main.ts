@@ -51,6 +51,9 @@ export async function main (argv: readonly string[], io: Io = { stdout: process.
   let opened: OpenedStore | undefined
   let secrets: string[] = []
   let out: Output | undefined
+  // The library's waits (retries, polls, lock renewals) never hold a process open: a server's listener
+  // does. A command has no listener, so it holds the process itself until it is done.
+  const running = setInterval(() => {}, 2 ** 31 - 1)
   try {
     let parsed
     try {
@@ -86,6 +89,7 @@ export async function main (argv: readonly string[], io: Io = { stdout: process.
     io.stderr.write(`fastify-autocert ${command.name}: ${scrub(describeError(err), secrets)}\n`)
     return EXIT.error
   } finally {
+    clearInterval(running)
     await opened?.close().catch(() => {})
   }
 }
