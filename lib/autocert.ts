@@ -62,7 +62,8 @@ export interface CertificateInfo {
 /** The revocation reasons a CA accepts from a subscriber (RFC 5280 CRLReason; Let's Encrypt takes these five), by name or code. */
 export type RevocationReason = 'unspecified' | 'keyCompromise' | 'affiliationChanged' | 'superseded' | 'cessationOfOperation' | 0 | 1 | 3 | 4 | 5
 
-const REVOCATION_REASONS: Readonly<Record<string, number>> = { unspecified: 0, keyCompromise: 1, affiliationChanged: 3, superseded: 4, cessationOfOperation: 5 }
+/** The RFC 5280 code of each revocation reason a subscriber may give, by name. */
+export const REVOCATION_REASONS: Readonly<Record<Exclude<RevocationReason, number>, number>> = { unspecified: 0, keyCompromise: 1, affiliationChanged: 3, superseded: 4, cessationOfOperation: 5 }
 
 /** The RFC 5280 code of `reason`; FST_AUTOCERT_REVOKE_FAILED for anything else, before the CA is asked. */
 function reasonCode (domain: string, reason: RevocationReason | undefined): number | undefined {
@@ -78,7 +79,11 @@ function reasonCode (domain: string, reason: RevocationReason | undefined): numb
 export interface Autocert {
   /** The certificate served for `domain`, obtaining it first if needed. */
   certificate (domain: string): Promise<CertificateInfo>
-  /** Orders a new certificate for `domain` now and serves it from then on. */
+  /**
+   * Orders a new certificate for `domain` now (each key type) and serves it
+   * from then on. The other instances adopt it at their next look at the
+   * renewal information, as after revoke() (see the README).
+   */
   renew (domain: string): Promise<CertificateInfo>
   /**
    * Replaces the certificates of `domain` (each key type) with new ones, then

@@ -80,6 +80,15 @@ t.test('the packed package', async (t) => {
     t.same([...files].filter((file) => file.endsWith('.ts') && !file.endsWith('.d.ts')), [], 'no TypeScript sources')
   })
 
+  t.test('the bin: `npx fastify-autocert` runs the packed command line', async (t) => {
+    const manifest = JSON.parse(await readFile(path.join(installed, 'package.json'), 'utf8')) as { version: string, bin: Record<string, string> }
+    const bin = manifest.bin['fastify-autocert']
+    t.equal(bin, 'dist/cli/main.js', 'package.json names it')
+    t.ok(files.has(bin), 'and ships it')
+    t.match(await readFile(path.join(installed, bin), 'utf8'), /^#!\/usr\/bin\/env node\n/, 'with its shebang, for the link npm makes in node_modules/.bin')
+    t.equal(await node(app, path.join(installed, bin), '--version'), `${manifest.version}\n`, 'it runs, and says its version')
+  })
+
   t.test('every source map resolves its sources: inline, or to a shipped file', async (t) => {
     const maps = [...files].filter((file) => file.endsWith('.map'))
     t.ok(maps.includes('dist/index.js.map'), 'the entry has a map')
