@@ -1,4 +1,11 @@
 // The commands of `fastify-autocert <command>`, in the order the help lists them.
 import type { Command } from './context'
+import { exportCommand } from './export'
+import { list } from './list'
+import { show } from './show'
 
-export const COMMANDS: readonly Command[] = []
+export const COMMANDS: readonly Command[] = [
+  list,
+  show,
+  exportCommand
+]
