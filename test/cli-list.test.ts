@@ -1,5 +1,5 @@
 import { randomBytes, X509Certificate } from 'node:crypto'
-import { mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { rootCertificates } from 'node:tls'
@@ -335,6 +335,8 @@ t.test('lockState: free, held by its holder, stale, through the coded and sealed
   const past = new Date(Date.now() - 20_000)
   await utimes(path.join(dir, lockPaths.file('z.example.test')), past, past)
   t.same(await file.lockState('z.example.test'), { state: 'stale' }, 'FileStore: an untouched lock file is stale')
+  await mkdir(path.join(dir, lockPaths.file('w.example.test')))
+  await t.rejects(file.lockState('w.example.test'), { code: 'EISDIR' }, 'FileStore: a lock file that cannot be read is an error, never free')
 
   const held = await memory.lock('x.example.test', undefined, { holder: 'instance-2' })
   t.same(await new EncryptedStore(new CodedStore(memory), { key: KEY }).lockState('x.example.test'), { state: 'held', holder: 'instance-2' }, 'passed through CodedStore and EncryptedStore')

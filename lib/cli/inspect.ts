@@ -104,7 +104,8 @@ export function issuerName (cert: X509Certificate): string {
 
 /** The certificates of a PEM chain, leaf first. */
 export function chainOf (cert: Certificate): X509Certificate[] {
-  return (cert.chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((pem) => new X509Certificate(pem))
+  // decodeBundle found one certificate at least.
+  return (cert.chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) as RegExpMatchArray).map((pem) => new X509Certificate(pem))
 }
 
 function distinguishedName (text: string): string {
