@@ -1,8 +1,14 @@
 // The commands of `fastify-autocert <command>`, in the order the help lists them.
 import type { Command } from './context'
+import { exportCommand } from './export'
+import { list } from './list'
 import { renew, revoke } from './renew'
+import { show } from './show'
 
 export const COMMANDS: readonly Command[] = [
+  list,
+  show,
+  exportCommand,
   renew,
   revoke
 ]

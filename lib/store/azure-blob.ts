@@ -14,7 +14,7 @@ import { linkSignals, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
 import { pollLock } from './poll-lock'
-import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
 
 /**
  * `@azure/core-auth`'s `TokenCredential` (what `@azure/identity` credentials
@@ -259,6 +259,25 @@ export class AzureBlobStore implements CertStore {
     })
     this.#held.add(held)
     return held
+  }
+
+  /**
+   * From the lock blob (one read): none, free; leased, held by the holder its
+   * metadata names; there but not leased (a crashed holder's lapsed lease, or a
+   * lock being taken this instant), stale.
+   */
+  async lockState (key: string): Promise<LockState> {
+    const blob = this.#client.getBlobClient(this.#prefix + lockPaths.blob(checkKey(key)))
+    await this.#container()
+    let properties
+    try {
+      properties = await this.#call((abortSignal) => blob.getProperties({ abortSignal }))
+    } catch (err) {
+      if (isStorageError(err, 404)) return { state: 'free' }
+      throw err
+    }
+    const holder = properties.metadata?.holder
+    return { state: properties.leaseState === 'leased' ? 'held' : 'stale', ...(holder === undefined ? {} : { holder }) }
   }
 
   async close (): Promise<void> {

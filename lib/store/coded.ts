@@ -1,7 +1,7 @@
 // Every store failure as FST_AUTOCERT_STORE_FAILED, whichever store raised it.
 import { FST_AUTOCERT_STORE_FAILED } from '../errors'
 import { errorCode, errorMessage } from '../events'
-import type { CertStore, GetOptions, Lock, LockOptions } from './store'
+import type { CertStore, GetOptions, Lock, LockOptions, LockState } from './store'
 
 /**
  * Wraps the store the plugin uses, so that whatever fails in it (an Azure
@@ -36,6 +36,10 @@ export class CodedStore implements CertStore {
 
   lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock> {
     return coded(this.#inner.lock(key, signal, options), `lock ${key}`, signal)
+  }
+
+  async lockState (key: string): Promise<LockState | undefined> {
+    return this.#inner.lockState === undefined ? undefined : await coded(this.#inner.lockState(key), `read the lock ${key}`)
   }
 
   async close (): Promise<void> {

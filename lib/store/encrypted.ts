@@ -1,7 +1,7 @@
 // A store wrapper that seals every value with AES-256-GCM.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
 import { FST_AUTOCERT_CORRUPT } from '../errors'
-import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
+import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
 
 /*
  * Sealed value layout: MAGIC (4) | key id (4) | IV (12) | GCM tag (16) | ciphertext.
@@ -82,7 +82,7 @@ export class EncryptedStore implements CertStore {
 
   // The value as written: opened when sealed, as it is when in plain text.
   #open (key: string, value: Buffer): Buffer {
-    if (!value.subarray(0, MAGIC.length).equals(MAGIC)) return value
+    if (!isSealed(value)) return value
     const secret = this.#keys.get(value.subarray(4, 8).toString('hex'))
     if (secret === undefined || value.length < HEADER) throw new FST_AUTOCERT_CORRUPT(key, 'sealed with a key that is not configured')
     try {
@@ -107,9 +107,19 @@ export class EncryptedStore implements CertStore {
     return this.#inner.lock(key, signal, options)
   }
 
+  /** Locks are not sealed: the inner store's answer. */
+  async lockState (key: string): Promise<LockState | undefined> {
+    return await this.#inner.lockState?.(key)
+  }
+
   async close (): Promise<void> {
     await this.#inner.close?.()
   }
+}
+
+/** True when `value` is sealed by an EncryptedStore (whichever key): what a reader without the key finds. */
+export function isSealed (value: Buffer): boolean {
+  return value.subarray(0, MAGIC.length).equals(MAGIC)
 }
 
 // What the inner store may hold for a value of `maxBytes`: GCM adds no padding, only the header.

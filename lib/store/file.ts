@@ -5,7 +5,7 @@ import path from 'node:path'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
 import { pollLock } from './poll-lock'
-import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
 
 // certmagic's rule: a lock file not refreshed for 10 s belongs to a dead process.
 const STALE_MS = 10_000
@@ -114,6 +114,21 @@ export class FileStore implements CertStore {
     })
     this.#held.add(held)
     return held
+  }
+
+  /** From the lock file: none, free; untouched for 10 s, stale; otherwise held, by the holder it names. */
+  async lockState (key: string): Promise<LockState> {
+    const file = path.join(this.#dir, lockPaths.file(checkKey(key)))
+    let stats, content
+    try {
+      stats = await stat(file)
+      content = await readFile(file, 'utf8')
+    } catch (err) {
+      if (isCode(err, 'ENOENT')) return { state: 'free' }
+      throw err
+    }
+    const holder = content.split('\n')[1] || undefined
+    return { state: isStale(stats) ? 'stale' : 'held', ...(holder === undefined ? {} : { holder }) }
   }
 
   async close (): Promise<void> {

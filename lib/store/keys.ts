@@ -35,6 +35,17 @@ export const storeKeys = {
 } as const
 
 /**
+ * The name and key type a certificate key stands for (the inverse of
+ * storeKeys.certificate), or `undefined` for every other key: the account
+ * key, the order log, records, challenges (each has a '+' suffix of its own).
+ */
+export function certificateKeyOf (key: string): { name: string, keyType: KeyType } | undefined {
+  const name = key.endsWith('+rsa') ? key.slice(0, -'+rsa'.length) : key
+  if (name === '' || name.includes('+')) return undefined
+  return { name, keyType: name === key ? 'ecdsa' : 'rsa' }
+}
+
+/**
  * The largest value, in bytes, the plugin reads under each kind of key: each is
  * many times what the plugin writes there. A larger value is corrupt
  * (FST_AUTOCERT_CORRUPT): the built-in stores refuse it before its body is

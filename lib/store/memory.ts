@@ -1,6 +1,6 @@
 // The in-process store, for tests.
 import { untilAborted } from '../signals'
-import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
 
 /**
  * A store in process memory: for tests and single-process experiments. It keeps
@@ -74,5 +74,11 @@ export class MemoryStore implements CertStore {
         release()
       }
     }
+  }
+
+  async lockState (key: string): Promise<LockState> {
+    const record = this.#holders.get(checkKey(key))
+    if (record === undefined) return { state: 'free' }
+    return record.holder === undefined ? { state: 'held' } : { state: 'held', holder: record.holder }
   }
 }

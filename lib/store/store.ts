@@ -32,6 +32,13 @@ export interface CertStore {
    * Rejects with the signal's reason when `signal` aborts first.
    */
   lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock>
+  /**
+   * The state of the lock named `key`, read without taking it or waiting, for
+   * operators (`fastify-autocert list`). Optional: a store without it reports
+   * no lock state. Resolves `undefined` when the store cannot tell (a wrapper
+   * around a store without it).
+   */
+  lockState? (key: string): Promise<LockState | undefined>
   /** Frees what the store owns (timers, clients). Locks still held are released. */
   close? (): Promise<void>
 }
@@ -61,6 +68,18 @@ export interface LockOptions {
    * (a holder may record itself a moment after it took the lock).
    */
   onWait?: (holder: string | undefined) => void
+}
+
+/** A lock as seen from outside (CertStore.lockState). */
+export interface LockState {
+  /**
+   * `held`: someone holds it now. `free`: nobody does. `stale`: a lock its
+   * holder left behind without holding it any more (a crashed process's lapsed
+   * lease or unrefreshed lock file): the next lock() takes it over at once.
+   */
+  state: 'held' | 'free' | 'stale'
+  /** The holder recorded with it (LockOptions.holder), when known. */
+  holder?: string
 }
 
 export interface Lock {
