@@ -93,5 +93,8 @@ export async function main (argv: readonly string[], io: Io = { stdout: process.
 if (require.main === module) {
   // A broken pipe (`| head`) ends the output, not the command with a stack trace.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => { if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0) })
-  void main(process.argv.slice(2)).then((code) => { process.exitCode = code })
+  // The stores' timers (lock polls, lease renewals, deadlines) are unref'd so that they never hold a server open:
+  // without this one, a command waiting for a lock would end with code 0 before its work is done.
+  const running = setInterval(() => {}, 60_000)
+  void main(process.argv.slice(2)).then((code) => { process.exitCode = code }).finally(() => { clearInterval(running) })
 }
