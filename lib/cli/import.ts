@@ -207,7 +207,6 @@ function check (candidate: Candidate, now: number): Checked | string {
   if (size > storeLimits.certificate) return `the bundle takes ${size} bytes, over the ${storeLimits.certificate} bytes a stored certificate may have`
   if (cert.notAfter <= now) return `expired on ${new Date(cert.notAfter).toISOString()}`
   const warnings: string[] = []
-  if (cert.notBefore > now) warnings.push(`not valid before ${new Date(cert.notBefore).toISOString()}`)
   const days = daysLeft(cert, now)
   if (days < IMPORT_WARN_DAYS) warnings.push(`expires in ${days} days: the fleet renews it soon`)
   const chain = [...cert.chain.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)].map(([pem]) => new X509Certificate(pem))
@@ -294,7 +293,9 @@ async function place ({ store, locks, dryRun, now, timeout }: Placing, checked: 
   }
 }
 
-const SILENT = { debug () {}, info () {}, warn () {}, error () {} }
+// The lock's own warning is not printed: a name skipped at its deadline says so in its result.
+const quiet = (): void => {}
+const SILENT = { debug: quiet, info: quiet, warn: quiet, error: quiet }
 
 function describeResult (out: Output, r: ImportResult, dryRun: boolean): string {
   const label = r.outcome === 'imported' && dryRun ? 'would import' : r.outcome
