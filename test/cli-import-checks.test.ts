@@ -68,6 +68,7 @@ t.test('fastify-autocert import: checks, locks and errors', async (t) => {
       '--key', path.join(work, 'a.key'), '--chain', path.join(work, 'b.chain'),
       '--key', path.join(odd, 'huge.example.test'), '--chain', path.join(work, 'b.chain'),
       '--key', path.join(work, 'b.key'), '--chain', path.join(work, 'b.leaf'),
+      '--key', path.join(issued, 'a.example.test'), '--chain', path.join(work, 'b.chain'),
       '--key', path.join(work, 'b.key'), '--chain', path.join(work, 'b.unordered'),
       '--key', path.join(made, 'long.example.test.key'), '--chain', path.join(work, 'long.chain'),
       '--json'
@@ -82,6 +83,8 @@ t.test('fastify-autocert import: checks, locks and errors', async (t) => {
       'a chain without its intermediates: imported, with a warning')
     t.match(importJson(result).results.filter((r) => r.source.endsWith('b.unordered')), [{ outcome: 'kept', name: 'b.example.test', reason: 'already stored', warning: 'the chain is not in order (each certificate issued by the next)' }],
       'a chain out of order: a warning')
+    t.match(outcome(`issued/a.example.test + ${path.join(work, 'b.chain')}`), [['skipped', undefined, 'the key file holds certificates too: give it as a <path> (a key and its chain in one file)']],
+      'a key file with certificates in it is refused')
     t.match(outcome('long.chain'), [['skipped', undefined, /^the bundle takes \d+ bytes, over the 65536 bytes a stored certificate may have$/]], 'a key and a chain too long to store together')
     t.match(outcome('wildcard.example.test'), [['skipped', undefined, 'no name the plugin can serve (*.wildcard.example.test: a wildcard name: the plugin does not serve wildcard certificates)']], 'a wildcard-only certificate is refused')
     t.match(outcome('/mixed.example.test'), [

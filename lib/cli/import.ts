@@ -355,11 +355,15 @@ Exit codes: 0 every certificate imported or kept; 1 some skipped (see their reas
     for (const [i, keyFile] of keys.entries()) {
       const chainFile = chains[i] as string
       for (const file of [keyFile, chainFile]) await stat(file).catch(() => { throw new CliError(`${file}: no such file`) })
+      const source = `${keyFile} + ${chainFile}`
       try {
-        found.candidates.push({ source: `${keyFile} + ${chainFile}`, bundle: encodeBundle({ key: await readSmall(keyFile), chain: await readSmall(chainFile) }) })
+        const key = await readSmall(keyFile)
+        // Its certificates would come first, and the chain file's after them: the leaf would not be the one meant.
+        if (key.includes('-----BEGIN CERTIFICATE-----')) found.ignored.push({ outcome: 'skipped', source, reason: 'the key file holds certificates too: give it as a <path> (a key and its chain in one file)' })
+        else found.candidates.push({ source, bundle: encodeBundle({ key, chain: await readSmall(chainFile) }) })
       } catch (err) {
         if (!(err instanceof TooLarge)) throw err
-        found.ignored.push({ outcome: 'skipped', source: `${keyFile} + ${chainFile}`, reason: err.message })
+        found.ignored.push({ outcome: 'skipped', source, reason: err.message })
       }
     }
 
