@@ -1,6 +1,7 @@
 // The commands of `fastify-autocert <command>`, in the order the help lists them.
 import type { Command } from './context'
 import { exportCommand } from './export'
+import { importCommand } from './import'
 import { list } from './list'
 import { renew, revoke } from './renew'
 import { show } from './show'
@@ -9,6 +10,7 @@ export const COMMANDS: readonly Command[] = [
   list,
   show,
   exportCommand,
+  importCommand,
   renew,
   revoke
 ]
