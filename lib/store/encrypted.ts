@@ -12,6 +12,11 @@ import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions
 const MAGIC = Buffer.from('ACS1')
 const HEADER = MAGIC.length + 4 + 12 + 16
 
+/** True when `value` is sealed by an EncryptedStore (starts with its MAGIC): it opens only with the key it was sealed with. */
+export function isSealed (value: Buffer): boolean {
+  return value.subarray(0, MAGIC.length).equals(MAGIC)
+}
+
 export interface EncryptionOptions {
   /** The key new values are sealed with: 32 bytes, as a Buffer or a base64 string. */
   key: Buffer | string
@@ -82,7 +87,7 @@ export class EncryptedStore implements CertStore {
 
   // The value as written: opened when sealed, as it is when in plain text.
   #open (key: string, value: Buffer): Buffer {
-    if (!value.subarray(0, MAGIC.length).equals(MAGIC)) return value
+    if (!isSealed(value)) return value
     const secret = this.#keys.get(value.subarray(4, 8).toString('hex'))
     if (secret === undefined || value.length < HEADER) throw new FST_AUTOCERT_CORRUPT(key, 'sealed with a key that is not configured')
     try {
