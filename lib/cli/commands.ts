@@ -1,4 +1,7 @@
 // The commands of `fastify-autocert <command>`, in the order the help lists them.
 import type { Command } from './context'
+import { doctor } from './doctor'
 
-export const COMMANDS: readonly Command[] = []
+export const COMMANDS: readonly Command[] = [
+  doctor
+]
