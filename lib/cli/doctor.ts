@@ -35,6 +35,8 @@ const READ_CONCURRENCY = 8
 /** The largest value of any kind the plugin writes (storeLimits): a larger one cannot be its own. */
 const LARGEST_VALUE = Math.max(...Object.values(storeLimits))
 
+/** The probe's key starts with this: no key the plugin writes does (keys.ts), so it is never taken for the fleet's. */
+const PROBE_PREFIX = 'doctor-probe+'
 /** The permissions the probe exercises, in the order they are tried, with what grants each. */
 const PERMISSIONS = ['create', 'read', 'write', 'lease', 'list', 'delete'] as const
 type Permission = typeof PERMISSIONS[number]
@@ -45,7 +47,7 @@ const PERMISSION_FIX = {
   file: 'make the directory and its files writable by the user the fleet runs as'
 } as const
 
-/** The findings so far, and what later checks may rely on. */
+/** The findings, in the order the checks ran. */
 class Report {
   readonly findings: Finding[] = []
 
@@ -106,11 +108,11 @@ async function diagnose ({ values, io, out, store }: CommandContext): Promise<nu
   const directory = caDirectory(values['directory-url'], io.env)
   const opened = store()
   const report = new Report()
-  const probe = `doctor-probe+${randomBytes(6).toString('hex')}`
+  const probe = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}`
   const state = opened.settings.kind === 'file'
     ? await checkDirectory(opened, opened.settings.dir, report, probe)
     : await checkAzure(opened, opened.settings, report, probe)
-  const account = await checkEncryption(opened, state, report, probe)
+  const account = await checkEncryption(opened, state, report)
   const ca = await checkDirectoryUrl(directory, report)
   await checkAccount(directory, account, ca, report)
   checkClock(ca, report)
@@ -307,7 +309,7 @@ type StoredAccount = { skip: string } | { key: Buffer | undefined }
  * Reads every stored value: with a key, each must open; without, none may be
  * sealed. Resolves with the account key as read on the way.
  */
-async function checkEncryption (opened: OpenedStore, state: StoreState, report: Report, probe: string): Promise<StoredAccount> {
+async function checkEncryption (opened: OpenedStore, state: StoreState, report: Report): Promise<StoredAccount> {
   if (!state.readable) {
     report.add('encryption', 'skip', state.unreadable as string)
     return { skip: state.unreadable as string }
@@ -317,7 +319,8 @@ async function checkEncryption (opened: OpenedStore, state: StoreState, report: 
   let account: Buffer | undefined
   let total = 0
   try {
-    const keys = (await opened.store.list()).filter((key) => key !== probe)
+    // Not the probes, this one or one a run without the delete permission left.
+    const keys = (await opened.store.list()).filter((key) => !key.startsWith(PROBE_PREFIX))
     total = keys.length
     for (let i = 0; i < keys.length; i += READ_CONCURRENCY) {
       await Promise.all(keys.slice(i, i + READ_CONCURRENCY).map(async (key) => {
