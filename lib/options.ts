@@ -294,8 +294,8 @@ const rules = {
   externalAccountBinding: (value: AutocertOptions['externalAccountBinding']): { kid: string, hmacKey: string } | undefined => value
 } satisfies { [K in keyof AutocertOptions]-?: (value: AutocertOptions[K], options: AutocertOptions) => unknown }
 
-/** One directory URL: a name Let's Encrypt's, or an https:// URL. */
-function directoryUrl (value: unknown): string {
+/** One directory URL: a name Let's Encrypt's, or an https:// URL (FST_AUTOCERT_INVALID_DIRECTORY_URL otherwise). */
+export function directoryUrl (value: unknown): string {
   if (value === undefined || value === 'production') return acme.directory.letsencrypt.production
   if (value === 'staging') return acme.directory.letsencrypt.staging
   let url: URL | undefined

@@ -1,5 +1,6 @@
 // The commands of `fastify-autocert <command>`, in the order the help lists them.
 import type { Command } from './context'
+import { doctor } from './doctor'
 import { exportCommand } from './export'
 import { importCommand } from './import'
 import { list } from './list'
@@ -12,5 +13,6 @@ export const COMMANDS: readonly Command[] = [
   exportCommand,
   importCommand,
   renew,
-  revoke
+  revoke,
+  doctor
 ]

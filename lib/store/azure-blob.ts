@@ -330,6 +330,16 @@ export class AzureBlobStore implements CertStore {
   }
 }
 
+/**
+ * The ContainerClient `options` name, built exactly as the store builds its
+ * own (one way of building it): for diagnostics that need calls the store does
+ * not make, e.g. reading the container's access policy. Its errors go through
+ * storeError() before anyone sees them.
+ */
+export function containerClientOf (options: AzureBlobStoreOptions): ContainerClient {
+  return checkOptions(options).client
+}
+
 interface CheckedOptions {
   client: ContainerClient
   prefix: string
@@ -479,7 +489,8 @@ function sanitize (err: unknown): unknown {
 // audience or from another issuer, and Authorization* codes for a missing role (or
 // a SAS without the permission); the reason is in details.authenticationErrorDetail
 // (for AuthenticationFailed) or the message's first line.
-function storeError (err: unknown): unknown {
+/** An SDK error as the store reports it: sanitized, and a 403 authentication or authorization failure as FST_AUTOCERT_STORE_AUTH. */
+export function storeError (err: unknown): unknown {
   const clean = sanitize(err)
   if (!(clean instanceof RestError) || clean.statusCode !== 403 ||
     (clean.code !== 'AuthenticationFailed' && clean.code?.startsWith('Authorization') !== true)) return clean
