@@ -64,7 +64,7 @@ export const STORE_HELP = `Store (flag, or the environment variable it overrides
 Secrets given as flags show in \`ps\`: prefer the variables.`
 
 export const CA_HELP = `CA (flag, or the environment variable it overrides):
-  --directory-url URL       ACME_DIRECTORY_URL   production, staging or an https:// ACME directory; default: production
+  --directory-url URL       ACME_DIRECTORY_URL   production, staging or an https:// ACME directory (each command says its default)
   --email ADDRESS           ACME_EMAIL           the account's contact, when the account is created`
 
 export type Values = Record<string, string | boolean | string[] | undefined>
@@ -234,8 +234,9 @@ export class Output {
 
   /** `text` in `style` when colours are wanted. */
   paint (style: 'red' | 'yellow' | 'green' | 'dim' | 'bold', text: string): string {
-    // styleText came with Node 20.12: on an older 20, no colours.
-    return this.colours && typeof styleText === 'function' ? styleText(style, text) : text
+    // styleText came with Node 20.12: on an older 20, no colours. validateStream off: whether to
+    // colour is decided here, for this Io's stdout (styleText would look at process.stdout's).
+    return this.colours && typeof styleText === 'function' ? styleText(style, text, { validateStream: false }) : text
   }
 
   line (text = ''): void {

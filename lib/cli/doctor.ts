@@ -87,7 +87,7 @@ export const doctor: Command = {
 ${STORE_HELP}
 
 ${CA_HELP}
-  (--email is not used by doctor: the account is looked up, never created.)
+doctor's CA is production unless named. --email is not used: the account is looked up, never created.
 
 Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 doctor could not run.`,
   options: { ...STORE_FLAGS, ...CA_FLAGS },
