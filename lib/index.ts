@@ -68,6 +68,7 @@ declare namespace fastifyAutocert {
   export type CertStore = store.CertStore
   export type Lock = store.Lock
   export type LockOptions = store.LockOptions
+  export type LockState = store.LockState
   export type GetOptions = store.GetOptions
   export type MemoryStore = memoryStore.MemoryStore
   export type FileStore = fileStore.FileStore

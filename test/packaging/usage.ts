@@ -8,7 +8,7 @@ import autocert, {
   type AzureBlobConnectionStringOptions, type AzureBlobContainerUrlOptions, type AzureBlobSharedKeyOptions,
   type AzureBlobStoreOptions, type AzureBlobTokenCredentialOptions, type CertificateEvent, type CertificateInfo,
   type CertStore, type ChallengeMiddleware, type ChallengeType, type DomainStatus, type EncryptionOptions, type KeyType,
-  type Lock, type LockOptions, type Logger, type OnDemandOptions, type SNICallbackFn, type TokenCredential
+  type Lock, type LockOptions, type LockState, type Logger, type OnDemandOptions, type SNICallbackFn, type TokenCredential
 } from 'fastify-autocert'
 // @ts-expect-error the package exports its entry only: nothing is reached inside dist/
 import type { LockOptions as DeepLockOptions } from 'fastify-autocert/dist/store/store'
@@ -33,6 +33,8 @@ export class MapStore implements CertStore {
       release: async () => { this.#held.delete(key); lease.abort() }
     }
   }
+
+  async lockState (key: string): Promise<LockState> { return { state: this.#held.has(key) ? 'held' : 'free' } }
 }
 
 export async function readme (): Promise<void> {
