@@ -1,6 +1,6 @@
 // `fastify-autocert doctor` run as an operator runs it, against real Azurite and Pebble 2.10: green on a good set-up, each failure seen.
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { BlobServiceClient, ContainerSASPermissions, StorageSharedKeyCredential, generateBlobSASQueryParameters } from '@azure/storage-blob'
@@ -66,7 +66,7 @@ t.test('doctor', async (t) => {
     t.equal(human.code, 0, 'exit code 0')
     t.equal(human.stderr, '', 'nothing on stderr')
     const lines = human.stdout.trimEnd().split('\n')
-    t.match(lines[0], `store: container ${CONTAINER} at http://127.0.0.1:${azurite.port}`, 'the store named first, without its key')
+    t.match(lines[0], `store: container ${CONTAINER} at http://127.0.0.1:${azurite.port}/devstoreaccount1`, 'the store named first, without its key')
     t.match(lines[1], `CA:    ${pebble.directoryUrl}`)
     for (const check of [...STORE_CHECKS, ...CA_CHECKS]) t.match(human.stdout, new RegExp(`^ok {4}${check} +\\S`, 'm'), `ok  ${check}`)
     t.match(human.stdout, /^ok +encryption +all \d+ stored values open with the configured key$/m)
@@ -177,10 +177,17 @@ t.test('doctor', async (t) => {
     const fresh = service.getContainerClient('unknown')
     const other = new AzureBlobStore({ connectionString: azurite.connectionString, container: 'unknown' })
     t.teardown(async () => { await other.close(); await fresh.deleteIfExists() })
+    const missing = await doctor(t, ['--json', '--container', 'unknown', '--encryption-key', ''], { AUTOCERT_ENCRYPTION_KEY: '' })
+    t.equal(missing.code, 0, 'a missing container is a warning, not a failure: the plugin creates it')
+    t.match(findings(missing).find((f) => f.check === 'credential'), { status: 'warn', detail: 'accepted; container unknown does not exist', fix: /--container/ })
+    t.ok(findings(missing).filter((f) => f.check.startsWith('permission') || f.check === 'container private' || f.check === 'encryption' || f.check === 'account')
+      .every((f) => f.status === 'skip' && /does not exist, and doctor creates nothing/.test(f.detail)), 'the checks that need the container skipped')
+    t.notOk(await fresh.exists(), 'doctor created no container')
+
+    await fresh.create()
     const none = await doctor(t, ['--json', '--container', 'unknown', '--encryption-key', ''], { AUTOCERT_ENCRYPTION_KEY: '' })
     t.equal(none.code, 1)
-    t.match(findings(none).find((f) => f.check === 'credential'), { status: 'warn', detail: 'container unknown does not exist' }, 'a missing container is a warning: the plugin creates it')
-    t.match(findings(none).find((f) => f.check === 'container private'), { status: 'ok' }, 'created private by the probe')
+    t.match(findings(none).find((f) => f.check === 'container private'), { status: 'ok' }, 'created private')
     t.match(findings(none).find((f) => f.check === 'account'), { status: 'fail', detail: 'no account key in the store (acme_account+key)', fix: /start the plugin once/ })
     t.match(findings(none).find((f) => f.check === 'encryption'), { status: 'ok', detail: 'no encryption key configured, and nothing is stored' })
 
@@ -233,11 +240,14 @@ t.test('doctor', async (t) => {
     const run = async (target: string): Promise<Finding[]> => findings(await doctor(t, ['--json', '--dir', target], file))
 
     const missing = await run(path.join(dir, 'new'))
-    t.match(missing[0], { check: 'store reachable', status: 'warn', detail: /did not exist: the probe below created it/ })
-    t.same(missing.slice(1, 7).map((f) => f.status), ['ok', 'ok', 'ok', 'ok', 'ok', 'ok'], 'every permission tried, and passed')
+    t.match(missing[0], { check: 'store reachable', status: 'warn', detail: /new does not exist$/, fix: /creates it \(mode 0700\) at its first write/ })
+    t.same(missing.slice(1, 7).map((f) => f.status), ['skip', 'skip', 'skip', 'skip', 'skip', 'skip'], 'every permission skipped')
     t.notOk(missing.some((f) => f.check === 'credential' || f.check === 'container private'), 'no Azure checks')
+    t.notOk(await stat(path.join(dir, 'new')).then(() => true, () => false), 'doctor created no directory')
 
+    await mkdir(path.join(dir, 'new'), { mode: 0o700 })
     const owner = await run(path.join(dir, 'new'))
+    t.same(owner.slice(1, 7).map((f) => f.status), ['ok', 'ok', 'ok', 'ok', 'ok', 'ok'], 'every permission tried, and passed')
     t.match(owner[0], { status: 'ok', detail: /is a directory with mode 0700$/ })
     t.match(owner.find((f) => f.check === 'account'), { status: 'fail', detail: /no account key/ })
 

@@ -63,8 +63,13 @@ t.test('fastify-autocert import: checks, locks and errors', async (t) => {
     await writeFile(path.join(work, 'b.leaf'), leaf as string)
     await writeFile(path.join(work, 'b.unordered'), [leaf, intermediate, a.chain].join('\n'))
 
+    // A certbot live/ tree whose fullchain.pem is too large to store.
+    await mkdir(path.join(work, 'live', 'huge.example.test'), { recursive: true })
+    await writeFile(path.join(work, 'live', 'huge.example.test', 'privkey.pem'), a.key)
+    await writeFile(path.join(work, 'live', 'huge.example.test', 'fullchain.pem'), Buffer.alloc(65 * 1024, 'A'))
+
     const result = await cli([
-      path.join(brief, 'f.example.test'), odd,
+      path.join(brief, 'f.example.test'), odd, path.join(work, 'live'),
       '--key', path.join(work, 'a.key'), '--chain', path.join(work, 'b.chain'),
       '--key', path.join(odd, 'huge.example.test'), '--chain', path.join(work, 'b.chain'),
       '--key', path.join(work, 'b.key'), '--chain', path.join(work, 'b.leaf'),
@@ -78,7 +83,8 @@ t.test('fastify-autocert import: checks, locks and errors', async (t) => {
     t.match(outcome('f.example.test'), [['skipped', undefined, /^expired on \d{4}-\d\d-\d\dT/]], 'an expired certificate is refused')
     t.match(outcome(`a.key + ${path.join(work, 'b.chain')}`), [['skipped', undefined, 'the private key does not match the certificate']], 'a key that does not match the chain is refused')
     t.match(outcome(`huge.example.test + ${path.join(work, 'b.chain')}`), [['skipped', undefined, '66560 bytes, over the 65536 bytes a stored certificate may have']], 'a key file too large to store is not read')
-    t.match(outcome('/huge.example.test'), [['skipped', undefined, '66560 bytes, over the 65536 bytes a stored certificate may have']], 'nor a bundle file')
+    t.match(outcome('odd/huge.example.test'), [['skipped', undefined, '66560 bytes, over the 65536 bytes a stored certificate may have']], 'nor a bundle file')
+    t.match(outcome('live/huge.example.test'), [['skipped', undefined, '66560 bytes, over the 65536 bytes a stored certificate may have']], 'nor a certbot directory\'s: the rest goes on')
     t.match(importJson(result).results.filter((r) => r.source.endsWith('b.leaf')), [{ outcome: 'imported', name: 'b.example.test', warning: 'the chain holds the leaf only: clients may not verify it without the intermediates' }],
       'a chain without its intermediates: imported, with a warning')
     t.match(importJson(result).results.filter((r) => r.source.endsWith('b.unordered')), [{ outcome: 'kept', name: 'b.example.test', reason: 'already stored', warning: 'the chain is not in order (each certificate issued by the next)' }],

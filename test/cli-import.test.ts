@@ -45,7 +45,7 @@ t.test('fastify-autocert import', async (t) => {
     t.match(result.stdout, /^ignored +\S+Xy0tOkEn\+http-01: a pending HTTP-01 challenge answer/m, 'a challenge answer is left out')
     t.match(result.stdout, /^ignored +\S+a\.example\.test\+ari: a fleet record of the plugin/m, 'so is a record of the plugin\'s')
     t.match(result.stdout, /^ignored +\S+live\/README: certbot's README$/m, 'certbot\'s README is left out')
-    t.match(result.stdout, /^6 imported, 0 kept, 0 skipped, \d+ ignored: container imported at http:\/\/127\.0\.0\.1:\d+$/m, 'a summary that names the store, not its key')
+    t.match(result.stdout, /^6 imported, 0 kept, 0 skipped, \d+ ignored: container imported at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1$/m, 'a summary that names the store, not its key')
 
     const orders = pebble.orderCount()
     // Two apps one after the other (they answer HTTP-01 on one port): the names that have both key types, then the others.

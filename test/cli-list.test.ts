@@ -1,5 +1,5 @@
 import { randomBytes, X509Certificate } from 'node:crypto'
-import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { rootCertificates } from 'node:tls'
@@ -91,7 +91,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.equal(human.code, 1, 'exit code 1: a name has no certificate while its orders fail')
     t.equal(human.stderr, '', 'nothing on stderr')
     const lines = human.stdout.split('\n')
-    t.match(lines[0], /^store: container cli at http:\/\/127\.0\.0\.1:\d+$/, 'the store first, without its key')
+    t.match(lines[0], /^store: container cli at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1$/, 'the store first, without its key')
     t.match(lines[1], /^DOMAIN\s+KEY\s+SERIAL\s+ISSUER\s+NOT AFTER\s+DAYS\s+NEXT RENEWAL\s+FAILURES\s+LOCK$/, 'the table head')
     t.match(lines[2], new RegExp(`^${FAIL}\\s+ecdsa\\s+missing\\s+1\\s+-$`), 'the failing name first: no certificate, one failure, its lock free')
     const order = lines.slice(3, 6).map((l) => l.split(/\s+/).slice(0, 3))
@@ -147,7 +147,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.match(human.stdout, /key:\s+ecdsa P-256\n[\s\S]*key:\s+rsa 2048\n/, 'the key types and sizes')
     t.match(human.stdout, / {2}2\. CN=Pebble Intermediate CA [0-9a-f]+\n/, 'the intermediate')
     t.equal(human.stdout.match(/chain: {4}each certificate is signed by the next/g)?.length, 2, 'both chains verify')
-    t.equal(human.stdout.match(/root: {5}issued by Pebble Root CA [0-9a-f]+, not a root of the system store \(a private or test CA\)/g)?.length, 2, 'Pebble\'s root is not in the system store, and it says so')
+    t.equal(human.stdout.match(/root: {5}issued by Pebble Root CA [0-9a-f]+, not one of Node's trusted roots \(a private or test CA\)/g)?.length, 2, 'Pebble\'s root is not one of Node\'s trusted roots, and it says so')
     t.equal(human.stdout.match(/key: {6}the private key matches the leaf/g)?.length, 2, 'both keys match')
     t.match(human.stdout, /expires: {2}in 89 days/)
 
@@ -164,7 +164,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
 
     const none = await cli(['show', 'nothing.example.test'], env)
     t.equal(none.code, 2, 'a name without a certificate: exit code 2')
-    t.match(none.stderr, /^fastify-autocert show: no certificate for nothing\.example\.test in container cli at http:\/\/127\.0\.0\.1:\d+\n$/, 'one line')
+    t.match(none.stderr, /^fastify-autocert show: no certificate for nothing\.example\.test in container cli at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1\n$/, 'one line')
     const notName = await cli(['show', '10.0.0.1'], env)
     t.equal(notName.code, 2)
     t.equal(notName.stderr, 'fastify-autocert show: "10.0.0.1" is not a host name a certificate is issued for\n')
@@ -195,6 +195,15 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     t.match(JSON.parse(forced.stdout), { domain: B, keyType: 'ecdsa', serial: serials[B], dir, files: ['privkey.pem', 'fullchain.pem', 'cert.pem', 'chain.pem'] })
     t.equal((await stat(path.join(dir, 'privkey.pem'))).mode & 0o777, 0o600, 'a replaced key file is 0600 again')
     t.equal(await file('privkey.pem'), `${decodeBundle(B, B, bundles[B]).key.trim()}\n`, 'now the ECDSA key')
+
+    const elsewhere = path.join(await tempDir(t), 'elsewhere')
+    await writeFile(elsewhere, 'not to be touched', { mode: 0o644 })
+    await rm(path.join(dir, 'privkey.pem'))
+    await symlink(elsewhere, path.join(dir, 'privkey.pem'))
+    t.equal((await cli(['export', B, '--out', dir, '--force'], env)).code, 0, '--force over a symbolic link')
+    t.equal(await readFile(elsewhere, 'utf8'), 'not to be touched', 'the link is replaced, never written through')
+    t.notOk((await lstat(path.join(dir, 'privkey.pem'))).isSymbolicLink(), 'privkey.pem is a file of its own again')
+    t.same((await readdir(dir)).sort(), ['cert.pem', 'chain.pem', 'fullchain.pem', 'privkey.pem'], 'no temporary file left behind')
 
     for (const [args, message] of [
       [['export', B], 'fastify-autocert export: --out DIR is required: the directory the PEM files are written to'],
@@ -242,6 +251,11 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     }
     await files.delete('bad.example.test')
 
+    const missing = await cli(['list', '--dir', path.join(dir, 'empty')], {})
+    t.equal(missing.code, 2, 'a directory that does not exist: exit code 2, not an empty listing')
+    t.equal(missing.stderr, `fastify-autocert list: no directory ${path.join(dir, 'empty')}: check --dir\n`)
+    t.notOk(await stat(path.join(dir, 'empty')).then(() => true, () => false), 'and it is not created')
+    await mkdir(path.join(dir, 'empty'), { mode: 0o700 })
     const empty = await cli(['list', '--dir', path.join(dir, 'empty')], {})
     t.equal(empty.code, 0)
     t.equal(empty.stdout, `store: directory ${path.join(dir, 'empty')}\nno certificates\n`, 'an empty store says so')
@@ -258,7 +272,7 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     const human = await cli(['show', B, '--dir', dir], {})
     t.equal(human.code, 1, 'exit code 1')
     t.match(human.stdout, '  chain:    does not verify: certificate 1 is not signed by certificate 2\n')
-    t.match(human.stdout, / {2}root: {5}issued by .+, a root of the system store\n/, 'the last certificate is a root of the system store')
+    t.match(human.stdout, / {2}root: {5}issued by .+, one of Node's trusted roots\n/, 'the last certificate is one of Node\'s trusted roots')
     t.match(human.stdout, '  key:      the private key does not match the leaf\n')
   })
 

@@ -1,10 +1,13 @@
 // What every command of the command line shares: its settings (environment and flags), the store they name, its output and its errors.
+import { stat } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import type { ParseArgsConfig } from 'node:util'
 import { styleText } from 'node:util'
 import { SingleBar } from 'cli-progress'
 import Table from 'cli-table3'
 import { errorMessage } from '../events'
-import { AzureBlobStore, type AzureBlobStoreOptions } from '../store/azure-blob'
+import { printableHolder } from '../fleet/locks'
+import { AzureBlobStore, containerClientOf, storeError, type AzureBlobStoreOptions } from '../store/azure-blob'
 import { buildStore } from '../store/build'
 import type { EncryptedStore, EncryptionOptions } from '../store/encrypted'
 import { FileStore } from '../store/file'
@@ -69,6 +72,28 @@ export const CA_HELP = `CA (flag, or the environment variable it overrides):
 
 export type Values = Record<string, string | boolean | string[] | undefined>
 
+/** A flag's text, `undefined` when not given or empty. */
+export function text (values: Values, flag: string): string | undefined {
+  const value = values[flag]
+  return typeof value === 'string' && value !== '' ? value : undefined
+}
+
+/**
+ * The CA directories `--directory-url` (over ACME_DIRECTORY_URL) names, as the
+ * example server reads them: one, or a comma-separated fallback list, first CA
+ * first. `undefined` when neither is set.
+ */
+export function caDirectories (values: Values, env: NodeJS.ProcessEnv): string[] | undefined {
+  const named = text(values, 'directory-url') ?? (env.ACME_DIRECTORY_URL || undefined)
+  const urls = named?.split(',').map((url) => url.trim()).filter((url) => url !== '')
+  return urls === undefined || urls.length === 0 ? undefined : urls
+}
+
+/** How `command` names itself in the fleet's locks (the list command's LOCK column): printable, as an instanceId. */
+export function cliHolder (command: string): string {
+  return printableHolder(`fastify-autocert ${command} on ${hostname()}/${process.pid}`)
+}
+
 /** The store a command works on, what it is called in output (never with a secret), and how to close it. */
 export interface OpenedStore {
   store: CertStore
@@ -85,12 +110,7 @@ export type StoreSettings =
   | { kind: 'file', dir: string, encryption?: EncryptionOptions }
   | { kind: 'azure', options: AzureBlobStoreOptions, container: string, encryption?: EncryptionOptions }
 
-function text (values: Values, flag: string): string | undefined {
-  const value = values[flag]
-  return typeof value === 'string' && value !== '' ? value : undefined
-}
-
-/** The store settings of `values` (flags) over `env`; CliError when none or two are named. */
+/** The store settings of `values` (flags) over `env`; CliError when none is named, or two by flags. */
 export function storeSettings (values: Values, env: NodeJS.ProcessEnv): StoreSettings {
   const key = text(values, 'encryption-key') ?? (env.AUTOCERT_ENCRYPTION_KEY || undefined)
   const previous = [
@@ -101,8 +121,10 @@ export function storeSettings (values: Values, env: NodeJS.ProcessEnv): StoreSet
   const encryption = key === undefined ? undefined : { key, ...(previous.length > 0 ? { previousKeys: previous } : {}) }
   const prefix = text(values, 'prefix') ?? (env.AUTOCERT_STORE_PREFIX || undefined)
   const dir = text(values, 'dir')
+  const named = ['dir', 'connection-string', 'container-url'].filter((flag) => text(values, flag) !== undefined)
+  if (named.length > 1) throw new CliError(`--${named.join(' and --')} each name a store: give one`)
   if (dir !== undefined) {
-    if (prefix !== undefined) throw new CliError('--prefix is for Blob Storage: a FileStore directory has none')
+    if (prefix !== undefined) throw new CliError('a prefix (--prefix or AUTOCERT_STORE_PREFIX) is for Blob Storage: a FileStore directory has none')
     return { kind: 'file', dir, ...(encryption === undefined ? {} : { encryption }) }
   }
   const containerUrl = text(values, 'container-url') ?? (text(values, 'connection-string') === undefined ? env.AZURE_STORAGE_CONTAINER_URL || undefined : undefined)
@@ -110,7 +132,7 @@ export function storeSettings (values: Values, env: NodeJS.ProcessEnv): StoreSet
   const container = text(values, 'container') ?? (env.AZURE_STORAGE_CONTAINER || 'autocertcache')
   const common = prefix === undefined ? {} : { prefix }
   if (containerUrl !== undefined) {
-    if (text(values, 'container') !== undefined) throw new CliError('--container-url names its container: leave out --container')
+    if (text(values, 'container') !== undefined) throw new CliError('the container URL (--container-url or AZURE_STORAGE_CONTAINER_URL) names its container: leave out --container')
     return { kind: 'azure', options: { containerUrl, ...common }, container: containerNameOf(containerUrl), ...(encryption === undefined ? {} : { encryption }) }
   }
   if (connectionString === undefined) {
@@ -139,7 +161,7 @@ export function describeStore (settings: StoreSettings): string {
 
 function endpointOf (settings: Extract<StoreSettings, { kind: 'azure' }>): string {
   const options = settings.options as { connectionString?: string, containerUrl?: string }
-  if (options.containerUrl !== undefined) return originOf(options.containerUrl)
+  if (options.containerUrl !== undefined) return originOf(options.containerUrl, true)
   const fields = new Map((options.connectionString ?? '').split(';').map((part) => {
     const at = part.indexOf('=')
     return [part.slice(0, at).trim().toLowerCase(), part.slice(at + 1).trim()] as const
@@ -151,10 +173,11 @@ function endpointOf (settings: Extract<StoreSettings, { kind: 'azure' }>): strin
   return account === undefined ? 'Blob Storage' : `https://${account}.blob.${fields.get('endpointsuffix') ?? 'core.windows.net'}`
 }
 
-function originOf (url: string): string {
+/** `url` without its query (a SAS token) and, for a container's URL, without the container. */
+function originOf (url: string, container = false): string {
   try {
     const u = new URL(url)
-    return `${u.origin}${u.pathname.replace(/\/[^/]*$/, '')}`
+    return `${u.origin}${container ? u.pathname.replace(/\/[^/]*$/, '') : u.pathname.replace(/\/$/, '')}`
   } catch {
     return 'Blob Storage'
   }
@@ -171,6 +194,34 @@ export function openStore (settings: StoreSettings): OpenedStore {
     settings,
     close: async () => { await base.close?.() }
   }
+}
+
+/**
+ * CliError when the store `opened` names does not exist. The stores create
+ * theirs at their first call, as a fleet's first start needs; a command that
+ * only reads must not, and a misspelt container or directory must not look
+ * like an empty store.
+ */
+export async function requireExisting (opened: OpenedStore): Promise<void> {
+  const { settings } = opened
+  if (settings.kind === 'file') {
+    const found = await stat(settings.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined
+      throw err
+    })
+    if (found === undefined) throw new CliError(`no directory ${settings.dir}: check --dir`)
+    if (!found.isDirectory()) throw new CliError(`${settings.dir} is not a directory: check --dir`)
+    return
+  }
+  let exists: boolean
+  try {
+    exists = await containerClientOf(settings.options).exists()
+  } catch (err) {
+    // A container SAS may not read its container's properties (nor create one): the command goes on.
+    if (/PermissionMismatch$/.test(String((err as { code?: unknown }).code))) return
+    throw storeError(err)
+  }
+  if (!exists) throw new CliError(`no container ${settings.container} at ${endpointOf(settings)}: check --container (AZURE_STORAGE_CONTAINER) or the container URL`)
 }
 
 /** Every secret `settings` hold: scrubbed from anything printed. */
@@ -284,6 +335,8 @@ export interface CommandContext {
   out: Output
   /** The store the flags and environment name, opened once (its secrets are scrubbed from all output). */
   store: () => OpenedStore
+  /** The same store, once known to exist (requireExisting): for the commands that only read. */
+  existingStore: () => Promise<OpenedStore>
 }
 
 /** One command of `fastify-autocert <command>`. */

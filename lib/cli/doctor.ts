@@ -11,7 +11,7 @@ import { isSealed } from '../store/encrypted'
 import { storeKeys, storeLimits } from '../store/keys'
 import { isCorrupt, readBounded, type CertStore } from '../store/store'
 import { untilAborted } from '../signals'
-import { CA_FLAGS, CA_HELP, CliError, EXIT, STORE_FLAGS, STORE_HELP, describeError, type Command, type CommandContext, type OpenedStore, type Output, type StoreSettings } from './context'
+import { CA_FLAGS, CA_HELP, caDirectories, CliError, EXIT, STORE_FLAGS, STORE_HELP, describeError, type Command, type CommandContext, type OpenedStore, type Output, type StoreSettings, type Values } from './context'
 
 /** A check's outcome: passed, failed (exit code 1), passed with a caveat, or not run because an earlier check failed. */
 export type CheckStatus = 'ok' | 'fail' | 'warn' | 'skip'
@@ -87,25 +87,18 @@ export const doctor: Command = {
 ${STORE_HELP}
 
 ${CA_HELP}
-doctor's CA is production unless named. --email is not used: the account is looked up, never created.
+doctor's CA is production unless named; of a fallback list, the first. --email is not used: the account is looked up,
+never created. Nothing is created either: a container or directory that does not exist is a warning, and the
+checks that need it are skipped.
 
 Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 doctor could not run.`,
   options: { ...STORE_FLAGS, ...CA_FLAGS },
   positionals: { min: 0, max: 0 },
-  async run (ctx) {
-    // The plugin's waits (retry backoff, lock polling) use unref'd timers, so that they never hold a server's
-    // process open; a command line has nothing else keeping it alive while it waits: this timer does.
-    const alive = setInterval(() => {}, 60_000)
-    try {
-      return await diagnose(ctx)
-    } finally {
-      clearInterval(alive)
-    }
-  }
+  run: diagnose
 }
 
 async function diagnose ({ values, io, out, store }: CommandContext): Promise<number> {
-  const directory = caDirectory(values['directory-url'], io.env)
+  const directory = caDirectory(values, io.env)
   const opened = store()
   const report = new Report()
   const probe = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}`
@@ -120,9 +113,13 @@ async function diagnose ({ values, io, out, store }: CommandContext): Promise<nu
   return report.failed ? EXIT.attention : EXIT.ok
 }
 
-/** The CA's directory URL: the flag, else ACME_DIRECTORY_URL, else Let's Encrypt's production; resolved as the plugin resolves it. */
-function caDirectory (flag: unknown, env: NodeJS.ProcessEnv): string {
-  const given = typeof flag === 'string' && flag !== '' ? flag : env.ACME_DIRECTORY_URL || undefined
+/**
+ * The CA's directory URL: the first of the flag's (or ACME_DIRECTORY_URL's)
+ * list, the CA the fleet orders from, else Let's Encrypt's production; resolved
+ * as the plugin resolves it.
+ */
+function caDirectory (values: Values, env: NodeJS.ProcessEnv): string {
+  const given = caDirectories(values, env)?.[0]
   try {
     return directoryUrl(given)
   } catch {
@@ -173,7 +170,8 @@ async function checkAzure (opened: OpenedStore, settings: Extract<StoreSettings,
     const auth = authFailure(err)
     if (statusOf(err) === 404) {
       report.add('credential', 'warn', `accepted; container ${settings.container} does not exist`,
-        'the plugin creates it at its first start, given an account-level credential; with a container SAS, create it first')
+        'check --container (AZURE_STORAGE_CONTAINER); the plugin creates it at its first start, given an account-level credential; with a container SAS, create it first')
+      return skipStore(report, `container ${settings.container} does not exist, and doctor creates nothing`, { credential: false, container: true })
     } else if (auth !== undefined && /PermissionMismatch$/.test(auth.code)) {
       // A container SAS or a blob-level role cannot read the container's properties: it authenticated all the same.
       report.add('credential', 'ok', `accepted (it may not read the container's properties: ${auth.code})`)
@@ -223,8 +221,9 @@ async function checkDirectory (opened: OpenedStore, dir: string, report: Report,
       report.add('store reachable', 'fail', `${dir}: ${errorMessage(err)}`, 'check the path and this user\'s access to it')
       return skipStore(report, 'the directory is not usable', { credential: false, container: false })
     }
-    report.add('store reachable', 'warn', `${dir} did not exist: the probe below created it (mode 0700), as the store does at its first write`,
-      'check that --dir is the directory the fleet uses')
+    report.add('store reachable', 'warn', `${dir} does not exist`,
+      'check that --dir is the directory the fleet uses; the store creates it (mode 0700) at its first write')
+    return skipStore(report, `${dir} does not exist, and doctor creates nothing`, { credential: false, container: false })
   }
   if (mode !== undefined && (mode & 0o077) !== 0) {
     report.add('store reachable', 'fail', `${dir} has mode 0${mode.toString(8)}: other users may read the private keys in it`, `chmod 700 ${dir}`)

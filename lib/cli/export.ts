@@ -1,5 +1,6 @@
 // `fastify-autocert export <domain> --out DIR`: a stored certificate as PEM files, laid out as certbot's live/<name>/.
-import { mkdir, open, stat } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { KeyType } from '../acme/issuer'
 import { CliError, EXIT, STORE_FLAGS, STORE_HELP, type Command, type CommandContext } from './context'
@@ -8,13 +9,13 @@ import { chainOf, readDomain } from './inspect'
 /** The files export writes, certbot's names: the key, the whole chain, the leaf, the chain without the leaf. */
 export const EXPORT_FILES = ['privkey.pem', 'fullchain.pem', 'cert.pem', 'chain.pem'] as const
 
-async function run ({ positionals, values, out, store }: CommandContext): Promise<number> {
+async function run ({ positionals, values, out, existingStore }: CommandContext): Promise<number> {
   const domain = positionals[0]
   const dir = values.out
   if (typeof dir !== 'string' || dir === '') throw new CliError('--out DIR is required: the directory the PEM files are written to')
   const keyType = values['key-type'] ?? 'ecdsa'
   if (keyType !== 'ecdsa' && keyType !== 'rsa') throw new CliError(`--key-type must be ecdsa or rsa: got ${JSON.stringify(keyType)}`)
-  const opened = store()
+  const opened = await existingStore()
   const found = await readDomain(opened, domain)
   if (found === undefined) throw new CliError(`${JSON.stringify(domain)} is not a host name a certificate is issued for`)
   const stored = found.find((s) => s.keyType === keyType)
@@ -36,17 +37,26 @@ async function run ({ positionals, values, out, store }: CommandContext): Promis
   const force = values.force === true
   const existing = (await Promise.all(EXPORT_FILES.map(async (file) => await exists(path.join(target, file)) ? file : undefined))).filter((f) => f !== undefined)
   if (existing.length > 0 && !force) throw new CliError(`${existing.join(', ')} exist${existing.length === 1 ? 's' : ''} in ${target}: pass --force to replace them`)
-  for (const file of EXPORT_FILES) {
-    const mode = file === 'privkey.pem' ? 0o600 : 0o644
-    const name = path.join(target, file)
-    // A replaced file keeps its old mode on open: it is set before the key is written.
-    const handle = await open(name, force ? 'w' : 'wx', mode)
-    try {
-      await handle.chmod(mode)
-      await handle.writeFile(contents[file])
-    } finally {
-      await handle.close()
+  // Each file is written whole to a new file beside it, with its mode, then renamed over the old one: a failure
+  // part-way never leaves a new key beside an old chain, and no symbolic link in DIR is followed.
+  const suffix = `.${randomBytes(6).toString('hex')}.tmp`
+  const written: string[] = []
+  try {
+    for (const file of EXPORT_FILES) {
+      const temp = path.join(target, file + suffix)
+      const mode = file === 'privkey.pem' ? 0o600 : 0o644
+      const handle = await open(temp, 'wx', mode)
+      written.push(temp)
+      try {
+        await handle.chmod(mode) // whatever the umask
+        await handle.writeFile(contents[file])
+      } finally {
+        await handle.close()
+      }
     }
+    for (const file of EXPORT_FILES) await rename(path.join(target, file + suffix), path.join(target, file))
+  } finally {
+    await Promise.all(written.map((temp) => rm(temp, { force: true })))
   }
   const result = { domain: stored.name, keyType: keyType as KeyType, serial: cert.serial, notAfter: new Date(cert.notAfter).toISOString(), dir: target, files: [...EXPORT_FILES] }
   if (out.json) {

@@ -1,7 +1,6 @@
 // `fastify-autocert import`: certificates from Go autocert's DirCache, certbot's live/ tree or PEM files, into the fleet's store.
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
 import { readFile, readdir, stat } from 'node:fs/promises'
-import { hostname } from 'node:os'
 import path from 'node:path'
 import type { KeyType } from '../acme/issuer'
 import { decodeBundle, encodeBundle, type Certificate } from '../certificate'
@@ -12,15 +11,14 @@ import { FleetLocks } from '../fleet/locks'
 import { normalizeName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { isCorrupt, readBounded, type CertStore } from '../store/store'
-import { CliError, EXIT, STORE_FLAGS, STORE_HELP, describeError, type Command, type Output } from './context'
+import { cliHolder, CliError, EXIT, STORE_FLAGS, STORE_HELP, describeError, type Command, type Output } from './context'
+import { chainOf, daysLeft, dnsNames } from './inspect'
 
 /** A certificate that expires sooner than this (days) is imported with a warning: the fleet renews it soon. */
 export const IMPORT_WARN_DAYS = 14
 
 /** How long the name's lock is waited for when a running instance holds it (seconds), unless --lock-timeout says otherwise. */
 export const IMPORT_LOCK_TIMEOUT = 60
-
-const DAY = 24 * 60 * 60 * 1000
 
 /** What became of one certificate (under one name), or of a file that holds none. */
 export type ImportOutcome = 'imported' | 'kept' | 'skipped' | 'ignored'
@@ -86,9 +84,9 @@ async function isCertbotName (dir: string): Promise<boolean> {
 }
 
 /** A certbot live/<name>/ directory: its key and full chain (read through certbot's symbolic links). */
-async function certbotCandidate (dir: string): Promise<Candidate> {
+async function certbotBundle (dir: string): Promise<string> {
   const [key, chain] = await Promise.all([readSmall(path.join(dir, CERTBOT_KEY)), readSmall(path.join(dir, CERTBOT_CHAIN))])
-  return { source: dir, bundle: encodeBundle({ key, chain }) }
+  return encodeBundle({ key, chain })
 }
 
 /** A file over storeLimits.certificate bytes: skipped, never read. */
@@ -101,13 +99,13 @@ async function readSmall (file: string): Promise<string> {
   return await readFile(file, 'utf8')
 }
 
-/** Adds what `file` (a PEM bundle) holds to `found`: a too-large file is skipped here. */
-async function addBundle (found: Found, file: string): Promise<void> {
+/** Adds the bundle `read` gives to `found`, as from `source`: a file over the limit is skipped here. */
+async function addCandidate (found: Found, source: string, read: () => Promise<string>): Promise<void> {
   try {
-    found.candidates.push({ source: file, bundle: await readSmall(file) })
+    found.candidates.push({ source, bundle: await read() })
   } catch (err) {
     if (!(err instanceof TooLarge)) throw err
-    found.ignored.push({ outcome: 'skipped', source: file, reason: err.message })
+    found.ignored.push({ outcome: 'skipped', source, reason: err.message })
   }
 }
 
@@ -120,31 +118,27 @@ async function gather (found: Found, given: string): Promise<void> {
   const info = await stat(given).catch((err: NodeJS.ErrnoException) => {
     throw new CliError(`${given}: ${err.code === 'ENOENT' ? 'no such file or directory' : errorMessage(err)}`)
   })
-  if (!info.isDirectory()) return await addBundle(found, given)
-  if (await isCertbotName(given)) {
-    found.candidates.push(await certbotCandidate(given))
-    return
-  }
+  if (!info.isDirectory()) return await addCandidate(found, given, async () => await readSmall(given))
+  if (await isCertbotName(given)) return await addCandidate(found, given, async () => await certbotBundle(given))
   const entries = (await readdir(given, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))
   const dirs = entries.filter((e) => e.isDirectory())
   const certbot = (await Promise.all(dirs.map(async (d) => await isCertbotName(path.join(given, d.name))))).some(Boolean)
   for (const entry of entries) {
     const file = path.join(given, entry.name)
     if (certbot) {
-      if (entry.isDirectory() && await isCertbotName(file)) found.candidates.push(await certbotCandidate(file))
+      if (entry.isDirectory() && await isCertbotName(file)) await addCandidate(found, file, async () => await certbotBundle(file))
       else found.ignored.push({ outcome: 'ignored', source: file, reason: entry.name === 'README' ? 'certbot\'s README' : `not a certbot certificate directory (no ${CERTBOT_KEY} and ${CERTBOT_CHAIN})` })
       continue
     }
     const why = entry.isDirectory() ? 'a directory in a DirCache: not a certificate' : notACertificate(entry.name)
-    if (why === undefined) await addBundle(found, file)
+    if (why === undefined) await addCandidate(found, file, async () => await readSmall(file))
     else found.ignored.push({ outcome: 'ignored', source: file, reason: why })
   }
 }
 
 /** The DNS names of `leaf` (its subjectAltName, or its CN when it has none). */
 function namesOf (leaf: X509Certificate): string[] {
-  const san = leaf.subjectAltName
-  if (san !== undefined) return san.split(', ').filter((entry) => entry.startsWith('DNS:')).map((entry) => entry.slice(4))
+  if (leaf.subjectAltName !== undefined) return dnsNames(leaf)
   const cn = /(?:^|\n)CN=([^\n]*)/.exec(leaf.subject)?.[1]
   return cn === undefined ? [] : [cn]
 }
@@ -207,16 +201,12 @@ function check (candidate: Candidate, now: number): Checked | string {
   if (size > storeLimits.certificate) return `the bundle takes ${size} bytes, over the ${storeLimits.certificate} bytes a stored certificate may have`
   if (cert.notAfter <= now) return `expired on ${new Date(cert.notAfter).toISOString()}`
   const warnings: string[] = []
-  const days = daysLeft(cert, now)
+  const days = daysLeft(cert.notAfter, now)
   if (days < IMPORT_WARN_DAYS) warnings.push(`expires in ${days} days: the fleet renews it soon`)
-  const chain = [...cert.chain.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)].map(([pem]) => new X509Certificate(pem))
+  const chain = chainOf(cert)
   if (chain.length === 1 && !leaf.checkIssued(leaf)) warnings.push('the chain holds the leaf only: clients may not verify it without the intermediates')
   else if (chain.some((c, i) => i > 0 && !(chain[i - 1] as X509Certificate).checkIssued(c))) warnings.push('the chain is not in order (each certificate issued by the next)')
   return { source: candidate.source, keyType, names, refused, cert, ...(warnings.length === 0 ? {} : { warning: warnings.join('; ') }) }
-}
-
-function daysLeft (cert: Pick<Certificate, 'notAfter'>, now: number): number {
-  return Math.floor((cert.notAfter - now) / DAY)
 }
 
 interface Placing {
@@ -268,7 +258,7 @@ async function place ({ store, locks, dryRun, now, timeout }: Placing, checked: 
     keyType,
     serial: cert.serial,
     notAfter: new Date(cert.notAfter).toISOString(),
-    daysLeft: daysLeft(cert, now),
+    daysLeft: daysLeft(cert.notAfter, now),
     ...(checked.warning === undefined ? {} : { warning: checked.warning })
   }
   // A store that does not answer fails here, before any lock is waited for.
@@ -368,10 +358,12 @@ Exit codes: 0 every certificate imported or kept; 1 some skipped (see their reas
     }
 
     const opened = openedStore()
-    const locks = new FleetLocks({ store: opened.store, holder: `fastify-autocert import on ${hostname()}`.replace(/[^\x20-\x7e]/g, '?').slice(0, 128), timeout: timeout * 1000, clock: systemClock, log: SILENT })
+    const locks = new FleetLocks({ store: opened.store, holder: cliHolder('import'), timeout: timeout * 1000, clock: systemClock, log: SILENT })
     const now = Date.now()
     const results: ImportResult[] = [...found.ignored]
     const progress = out.progress(found.candidates.length, dryRun ? 'checking' : 'importing')
+    // A store that fails part-way stops the import; what it wrote before is reported all the same.
+    let stopped: string | undefined
     try {
       for (const candidate of found.candidates) {
         const checked = check(candidate, now)
@@ -383,6 +375,9 @@ Exit codes: 0 every certificate imported or kept; 1 some skipped (see their reas
         }
         progress.tick()
       }
+    } catch (err) {
+      if (!results.some((r) => r.outcome === 'imported')) throw err
+      stopped = describeError(err)
     } finally {
       progress.stop()
     }
@@ -390,11 +385,15 @@ Exit codes: 0 every certificate imported or kept; 1 some skipped (see their reas
     const count = (outcome: ImportOutcome): number => results.filter((r) => r.outcome === outcome).length
     const summary = { imported: count('imported'), kept: count('kept'), skipped: count('skipped'), ignored: count('ignored') }
     if (out.json) {
-      out.writeJson({ store: opened.describe, dryRun, results, summary })
+      out.writeJson({ store: opened.describe, dryRun, results, summary, ...(stopped === undefined ? {} : { stopped }) })
     } else {
       for (const r of results) out.line(describeResult(out, r, dryRun))
       const imported = dryRun ? `${summary.imported} to import` : `${summary.imported} imported`
       out.line(`${imported}, ${summary.kept} kept, ${summary.skipped} skipped, ${summary.ignored} ignored: ${opened.describe}${dryRun ? ' (dry run: nothing written)' : ''}`)
+    }
+    if (stopped !== undefined) {
+      out.note(`fastify-autocert import: stopped, the rest not imported: ${stopped}`)
+      return EXIT.error
     }
     return summary.skipped > 0 ? EXIT.attention : EXIT.ok
   }

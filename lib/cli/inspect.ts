@@ -86,7 +86,7 @@ export function fieldsOf (cert: X509Certificate): CertificateFields {
   const size = details.namedCurve !== undefined ? CURVES[details.namedCurve] ?? details.namedCurve : (details.modulusLength === undefined ? undefined : String(details.modulusLength))
   return {
     subject: distinguishedName(cert.subject),
-    names: (cert.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4)),
+    names: dnsNames(cert),
     issuer: issuerName(cert),
     serial: cert.serialNumber.toUpperCase(),
     notBefore: new Date(cert.validFrom).toISOString(),
@@ -112,9 +112,17 @@ function distinguishedName (text: string): string {
   return text.split('\n').filter((f) => f !== '').join(', ')
 }
 
+/** A day, in milliseconds. */
+export const DAY = 86_400_000
+
 /** Whole days from `now` to `time` (ms), rounded down: negative once past. */
 export function daysLeft (time: number, now: number): number {
-  return Math.floor((time - now) / 86_400_000)
+  return Math.floor((time - now) / DAY)
+}
+
+/** The DNS names of `cert`'s subjectAltName. */
+export function dnsNames (cert: X509Certificate): string[] {
+  return (cert.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4))
 }
 
 /** The store a command read, for its first line: `store: container autocertcache at ...`. */

@@ -8,9 +8,8 @@ import { renewalTime } from '../renewal'
 import { storeKeys } from '../store/keys'
 import type { LockState } from '../store/store'
 import { CliError, EXIT, STORE_FLAGS, STORE_HELP, type Command, type CommandContext, type OpenedStore, type Output } from './context'
-import { certificateKeys, daysLeft, issuerName, chainOf, readCertificate, storeLine, type StoredCertificate } from './inspect'
+import { certificateKeys, DAY, daysLeft, issuerName, chainOf, readCertificate, storeLine, type StoredCertificate } from './inspect'
 
-const DAY = 86_400_000
 /** Default of --warn-days: exit code 1 when a certificate expires within this many days. */
 export const DEFAULT_WARN_DAYS = 14
 // Certificates read at once: a large store lists in a few round trips, without a burst of thousands of requests.
@@ -63,9 +62,9 @@ function recordReaders (opened: OpenedStore): { failures: FailureRecords, renewa
   }
 }
 
-async function run ({ values, out, store }: CommandContext): Promise<number> {
+async function run ({ values, out, existingStore }: CommandContext): Promise<number> {
   const warnDays = parseWarnDays(values['warn-days'])
-  const opened = store()
+  const opened = await existingStore()
   const now = Date.now()
   const keys = await opened.store.list()
   const present = new Set(keys)

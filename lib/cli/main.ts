@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { COMMANDS } from './commands'
-import { CliError, COMMON_FLAGS, EXIT, Output, describeError, openStore, scrub, secretsOf, storeSettings, type Command, type Io, type OpenedStore } from './context'
+import { CliError, COMMON_FLAGS, EXIT, Output, describeError, openStore, requireExisting, scrub, secretsOf, storeSettings, type Command, type Io, type OpenedStore } from './context'
 
 function usage (): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))
@@ -34,10 +34,18 @@ function version (): string {
  */
 export async function main (argv: readonly string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   const [name, ...rest] = argv
-  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
-    const topic = name === 'help' ? COMMANDS.find((c) => c.name === rest[0]) : undefined
+  if (name === undefined) {
+    io.stderr.write(`${usage()}\n`)
+    return EXIT.error
+  }
+  if (name === 'help' || name === '--help' || name === '-h') {
+    const topic = rest[0] === undefined ? undefined : COMMANDS.find((c) => c.name === rest[0])
+    if (rest[0] !== undefined && topic === undefined) {
+      io.stderr.write(`fastify-autocert help: unknown command ${JSON.stringify(scrub(rest[0]))}; one of ${COMMANDS.map((c) => c.name).join(', ')}\n`)
+      return EXIT.error
+    }
     io.stdout.write(`${topic === undefined ? usage() : commandHelp(topic)}\n`)
-    return name === undefined ? EXIT.error : EXIT.ok
+    return EXIT.ok
   }
   if (name === '--version' || name === '-v') {
     io.stdout.write(`${version()}\n`)
@@ -71,18 +79,24 @@ export async function main (argv: readonly string[], io: Io = { stdout: process.
     }
     out = new Output(io, values.json === true)
     const output = out
+    const store = (): OpenedStore => {
+      if (opened !== undefined) return opened
+      const settings = storeSettings(values, io.env)
+      secrets = secretsOf(settings)
+      output.hide(secrets)
+      opened = openStore(settings)
+      return opened
+    }
     return await command.run({
       values,
       positionals,
       io,
       out: output,
-      store: () => {
-        if (opened !== undefined) return opened
-        const settings = storeSettings(values, io.env)
-        secrets = secretsOf(settings)
-        output.hide(secrets)
-        opened = openStore(settings)
-        return opened
+      store,
+      existingStore: async () => {
+        const found = store()
+        await requireExisting(found)
+        return found
       }
     })
   } catch (err) {
@@ -95,7 +109,9 @@ export async function main (argv: readonly string[], io: Io = { stdout: process.
 }
 
 if (require.main === module) {
-  // A broken pipe (`| head`) ends the output, not the command with a stack trace.
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => { if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0) })
+  // A broken pipe (`| head`) ends the output, not the command: it goes on to its exit code and closes the store.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err
+  })
   void main(process.argv.slice(2)).then((code) => { process.exitCode = code })
 }

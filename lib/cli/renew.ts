@@ -1,12 +1,11 @@
 // `renew <domain>` and `revoke <domain>`: an order (and a revocation) placed from the command line with the fleet's account, under its lock.
-import { hostname } from 'node:os'
 import type { KeyType } from '../acme/issuer'
 import { createAutocert, REVOCATION_REASONS, type AutocertServer, type RevocationReason } from '../autocert'
 import type { DomainStatus, Logger } from '../events'
 import { normalizeName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
-import { CA_FLAGS, CA_HELP, CliError, EXIT, STORE_FLAGS, STORE_HELP, type Command, type CommandContext, type Output, type Values } from './context'
+import { CA_FLAGS, CA_HELP, caDirectories, cliHolder, CliError, EXIT, STORE_FLAGS, STORE_HELP, text, type Command, type CommandContext, type Output, type Values } from './context'
 
 const KEY_TYPES: readonly KeyType[] = ['ecdsa', 'rsa']
 
@@ -50,22 +49,16 @@ interface OrderSettings {
   verbose: boolean
 }
 
-function flag (values: Values, name: string): string | undefined {
-  const value = values[name]
-  return typeof value === 'string' && value !== '' ? value : undefined
-}
-
 /** The order's settings from the flags over the environment (the example server's variables). Throws CliError for a bad one. */
 function orderSettings (values: Values, positionals: string[], env: NodeJS.ProcessEnv): OrderSettings {
   const domain = normalizeName(positionals[0] as string)
   if (domain === undefined) throw new CliError(`${JSON.stringify(positionals[0])} is not a host name a CA issues for`)
   // No default: another CA than the fleet's would register the fleet's key there as a new account.
-  const named = flag(values, 'directory-url') ?? (env.ACME_DIRECTORY_URL || undefined)
-  if (named === undefined) throw new CliError('name the fleet\'s CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL')
-  const urls = named.split(',').map((url) => url.trim()).filter((url) => url !== '')
-  const email = flag(values, 'email') ?? (env.ACME_EMAIL || undefined)
-  const profile = flag(values, 'profile') ?? (env.ACME_PROFILE || undefined)
-  const budget = flag(values, 'max-orders-per-hour')
+  const urls = caDirectories(values, env)
+  if (urls === undefined) throw new CliError('name the fleet\'s CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL')
+  const email = text(values, 'email') ?? (env.ACME_EMAIL || undefined)
+  const profile = text(values, 'profile') ?? (env.ACME_PROFILE || undefined)
+  const budget = text(values, 'max-orders-per-hour')
   let maxOrdersPerHour: number | undefined
   if (budget !== undefined) {
     maxOrdersPerHour = Number(budget)
@@ -116,7 +109,7 @@ function cliLogger (out: Output, verbose: boolean): Logger {
  */
 async function withFleetAccount (ctx: CommandContext, command: string, work: (autocert: AutocertServer) => Promise<unknown>): Promise<{ settings: OrderSettings, before: DomainStatus[], after: DomainStatus[] }> {
   const settings = orderSettings(ctx.values, ctx.positionals, ctx.io.env)
-  const opened = ctx.store()
+  const opened = await ctx.existingStore()
   const keyType = await storedKeyTypes(opened.store, opened.describe, settings)
   // Never a new account: the one the fleet registered is the one that orders, and the only one that may revoke.
   if (await readBounded(opened.store, storeKeys.account, storeLimits.account) === undefined) {
@@ -129,7 +122,7 @@ async function withFleetAccount (ctx: CommandContext, command: string, work: (au
     termsOfServiceAgreed: true,
     keyType,
     // Named in the fleet's lock while the order holds it (status().lockHolder, the list command).
-    instanceId: `fastify-autocert ${command} on ${hostname()}/${process.pid}`,
+    instanceId: cliHolder(command),
     logger: cliLogger(ctx.out, settings.verbose),
     email: settings.email,
     profile: settings.profile,
@@ -196,10 +189,18 @@ ${ORDER_HELP}`,
       throw new CliError(`--reason ${JSON.stringify(reason)} is not a revocation reason: one of ${Object.keys(REVOCATION_REASONS).join(', ')}`)
     }
     const revoked: Array<{ keyType: KeyType, serial: string, replacement: string }> = []
-    const { settings, after } = await withFleetAccount(ctx, 'revoke', async (autocert) => {
-      autocert.on('revoked', ({ keyType, serial, replacement }) => { revoked.push({ keyType, serial, replacement }) })
-      return await autocert.revoke(ctx.positionals[0] as string, reason as Exclude<RevocationReason, number> | undefined)
-    })
+    let done
+    try {
+      done = await withFleetAccount(ctx, 'revoke', async (autocert) => {
+        autocert.on('revoked', ({ keyType, serial, replacement }) => { revoked.push({ keyType, serial, replacement }) })
+        return await autocert.revoke(ctx.positionals[0] as string, reason as Exclude<RevocationReason, number> | undefined)
+      })
+    } catch (err) {
+      // One key type revoked, the next failed: the operator must know which is gone.
+      for (const r of revoked) ctx.out.note(`fastify-autocert revoke: revoked before the failure: ${r.keyType} serial ${r.serial}, replaced by ${r.replacement}`)
+      throw err
+    }
+    const { settings, after } = done
     const certificates = revoked.map(({ keyType, serial, replacement }) => ({
       keyType,
       revokedSerial: serial,

@@ -54,9 +54,9 @@ function inspect (chain: X509Certificate[], key: string): Pick<ShownDetails, 've
   return { verifies, root: { trusted: trustedRoot(last) !== undefined, issuer: fieldsOf(last).issuer }, keyMatches }
 }
 
-async function run ({ positionals, out, store }: CommandContext): Promise<number> {
+async function run ({ positionals, out, existingStore }: CommandContext): Promise<number> {
   const domain = positionals[0]
-  const opened = store()
+  const opened = await existingStore()
   const found = await readDomain(opened, domain)
   if (found === undefined) throw new CliError(`${JSON.stringify(domain)} is not a host name a certificate is issued for`)
   if (found.length === 0) throw new CliError(`no certificate for ${domain} in ${opened.describe}`)
@@ -99,8 +99,8 @@ function print (out: Output, opened: OpenedStore, name: string, shown: ShownCert
     const { verifies, root, keyMatches, daysLeft } = s
     out.line(`  chain:    ${verifies.ok ? out.paint('green', 'each certificate is signed by the next') : out.paint('red', `does not verify: ${String(verifies.error)}`)}`)
     out.line(`  root:     ${root.trusted
-      ? out.paint('green', `issued by ${root.issuer}, a root of the system store`)
-      : out.paint('yellow', `issued by ${root.issuer}, not a root of the system store (a private or test CA)`)}`)
+      ? out.paint('green', `issued by ${root.issuer}, one of Node's trusted roots`)
+      : out.paint('yellow', `issued by ${root.issuer}, not one of Node's trusted roots (a private or test CA)`)}`)
     out.line(`  key:      ${keyMatches ? out.paint('green', 'the private key matches the leaf') : out.paint('red', 'the private key does not match the leaf')}`)
     out.line(`  expires:  ${daysLeft < 0 ? out.paint('red', `expired ${-daysLeft} days ago`) : `in ${daysLeft} days`}`)
   }

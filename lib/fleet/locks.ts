@@ -83,6 +83,6 @@ export class FleetLocks {
 }
 
 /** A holder as another instance (or a container writer) recorded it: printable ASCII, at most 128 characters, as instanceId is. */
-function printableHolder (holder: string): string {
+export function printableHolder (holder: string): string {
   return holder.replace(/[^\x20-\x7e]/g, '?').slice(0, 128)
 }

@@ -102,7 +102,7 @@ export class FileStore implements CertStore {
         }
         return await this.#removeIfStale(file) ? 'again' : 'held'
       },
-      readHolder: async () => (await readFile(file, 'utf8')).split('\n')[1] || undefined
+      readHolder: async () => holderOf(await readFile(file, 'utf8'))
     })
     const held: HeldLock = new HeldLock({
       key,
@@ -127,7 +127,7 @@ export class FileStore implements CertStore {
       if (isCode(err, 'ENOENT')) return { state: 'free' }
       throw err
     }
-    const holder = content.split('\n')[1] || undefined
+    const holder = holderOf(content)
     return { state: isStale(stats) ? 'stale' : 'held', ...(holder === undefined ? {} : { holder }) }
   }
 
@@ -219,4 +219,9 @@ function isStale (stats: { mtimeMs: number }): boolean {
 
 function isCode (err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
+}
+
+/** The holder a lock file names: its second line (the first is the owner's random id). */
+function holderOf (content: string): string | undefined {
+  return content.split('\n')[1] || undefined
 }

@@ -1,4 +1,5 @@
 import path from 'node:path'
+import type { ChildProcess } from 'node:child_process'
 import { spawnTracked } from '../support/proc'
 
 const MAIN = path.join(__dirname, '../../lib/cli/main.ts')
@@ -19,9 +20,7 @@ export interface CliResult {
  * `timeout` (ms, default 120 s): the child is killed after it, and the result says so.
  */
 export async function runCli (args: readonly string[], env: NodeJS.ProcessEnv = {}, timeout = 120_000): Promise<CliResult> {
-  const child = spawnTracked(process.execPath, [...process.execArgv, MAIN, ...args], {
-    env: { PATH: process.env.PATH, ...env }
-  })
+  const child = spawnCli(args, env)
   let stdout = ''
   let stderr = ''
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString() })
@@ -30,4 +29,9 @@ export async function runCli (args: readonly string[], env: NodeJS.ProcessEnv = 
   const code = await new Promise<number | string>((resolve) => child.on('close', (c, signal) => resolve(c ?? String(signal))))
   clearTimeout(timer)
   return { code, stdout, stderr }
+}
+
+/** `fastify-autocert ...args` started as runCli starts it, for a test that handles the child's streams itself. */
+export function spawnCli (args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawnTracked(process.execPath, [...process.execArgv, MAIN, ...args], { env: { PATH: process.env.PATH, ...env } })
 }
