@@ -58,7 +58,7 @@ export interface CertificateSource {
 
 /** The validated options the manager reads: the front ends pass these and nothing else of Settings. */
 export const MANAGER_SETTINGS = [
-  'domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand', 'handshakeTimeout', 'lockTimeout'
+  'domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand', 'handshakeTimeout', 'lockTimeout', 'prewarmTimeout'
 ] as const
 
 /** The manager's settings, plus what the front end built for it. */
@@ -169,6 +169,8 @@ export class CertificateManager {
   readonly #backgroundLimit: Limiter
   readonly #closing = new AbortController()
   #started = false
+  /** The store reads of prewarm(), which may outlast it (prewarmTimeout): start() orders after them. */
+  #prewarming: Promise<void> | undefined
   /** When a wrong clock was last logged (at most once per CLOCK_RECHECK for the process). */
   #clockLoggedAt = -Infinity
 
@@ -284,9 +286,31 @@ export class CertificateManager {
     }))
   }
 
-  /** Loads every listed domain from the store into memory. Never orders; never throws. */
+  /**
+   * Loads every listed domain from the store into memory, `concurrency` at a
+   * time. Resolves when all are loaded or after `prewarmTimeout`, whichever is
+   * first: the rest go on loading in the background, and a handshake for a name
+   * not loaded yet reads it itself (joining a read in flight). Never orders;
+   * never throws.
+   */
   async prewarm (): Promise<void> {
-    await this.#eachListedSlot(async (slot) => { await this.#load(slot).catch(() => undefined) })
+    const started = this.#clock.now()
+    let done = 0
+    const prewarming = this.#prewarming ??= this.#eachListedSlot(async (slot) => {
+      // A handshake may have loaded it first: one read per name.
+      if (slot.cert === undefined) await this.#load(slot).catch(() => undefined)
+      done++
+    })
+    let timer: Timer | undefined
+    const timedOut = await Promise.race([
+      prewarming.then(() => false),
+      new Promise<boolean>((resolve) => { timer = this.#clock.setTimeout(() => { resolve(true) }, this.#opts.prewarmTimeout) })
+    ])
+    this.#clock.clearTimeout(timer)
+    if (timedOut) {
+      const listed = this.#opts.domains.length * this.#opts.keyType.length
+      this.#opts.log.info({ done, listed, ms: this.#clock.now() - started }, 'prewarming goes on in the background (options.prewarmTimeout)')
+    }
   }
 
   /**
@@ -298,9 +322,12 @@ export class CertificateManager {
     for (const slot of this.#slots()) {
       if (slot.nextAt !== undefined && slot.timer === undefined) this.#schedule(slot, slot.nextAt)
     }
-    void this.#eachListedSlot(async (slot) => {
-      if (!this.#live(slot.cert)) await this.#background(slot, this.#certificate(slot, 'stored'))
-    })
+    void (async () => {
+      await this.#prewarming
+      await this.#eachListedSlot(async (slot) => {
+        if (!this.#live(slot.cert)) await this.#background(slot, this.#certificate(slot, 'stored'))
+      })
+    })()
   }
 
   /**

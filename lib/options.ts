@@ -106,6 +106,15 @@ export interface AutocertOptions {
    * later. Default: 120000 (an order normally holds a name's lock for seconds).
    */
   lockTimeout?: number
+  /**
+   * The longest `onReady` waits for the listed domains to be loaded from the
+   * store (milliseconds). What is not loaded by then goes on loading in the
+   * background, and a handshake for such a name reads it itself, so a start
+   * with any number of domains fits Fastify's `pluginTimeout` (default 10 s).
+   * Certificates missing from the store are ordered once the server listens,
+   * after the loading. Default: 5000.
+   */
+  prewarmTimeout?: number
   /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */
   encryption?: EncryptionOptions
   /**
@@ -223,6 +232,7 @@ const rules = {
   },
   handshakeTimeout: (value: AutocertOptions['handshakeTimeout']): number => milliseconds('handshakeTimeout', value, 20_000),
   lockTimeout: (value: AutocertOptions['lockTimeout']): number => milliseconds('lockTimeout', value, 120_000),
+  prewarmTimeout: (value: AutocertOptions['prewarmTimeout']): number => milliseconds('prewarmTimeout', value, 5_000),
   encryption: (encryption: AutocertOptions['encryption']): EncryptionOptions | undefined => {
     if (encryption === undefined) return undefined
     if (encryption?.previousKeys !== undefined && !Array.isArray(encryption.previousKeys)) {

@@ -217,6 +217,7 @@ export function unitManager (options: Partial<ManagerOptions> & { domains: strin
     onDemand: undefined,
     handshakeTimeout: 20_000,
     lockTimeout: 120_000,
+    prewarmTimeout: 5_000,
     issuer,
     log,
     clock,
