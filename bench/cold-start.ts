@@ -1,6 +1,6 @@
 /*
  * Figure 2: cold start with many domains already in Azurite. Time from
- * register to ready() (every domain servable) against a loop that only
+ * register until every domain is loaded (servable) against a loop that only
  * downloads the same blobs at the same concurrency, each in a fresh process;
  * the plugin's default concurrency (8) and 32. Memory, at the largest count: what
  * stays after a full GC, and the peak RSS growth during the start, per domain.
@@ -13,7 +13,7 @@ const CONCURRENCY = [8, 32]
 // Never contacted: every certificate is live, and ready() does not order.
 const UNUSED_DIRECTORY = 'https://127.0.0.1:9/directory'
 const RSS_TARGET = 8 * 1024
-// Fastify's default pluginTimeout (ms), which also bounds onReady hooks.
+// Fastify's default pluginTimeout (ms), which also bounds onReady hooks: ready() must come sooner.
 const FASTIFY_PLUGIN_TIMEOUT = 10_000
 
 export const coldStart: Figure = async (services, settings, notes) => {
@@ -54,10 +54,17 @@ export const coldStart: Figure = async (services, settings, notes) => {
         `download only [${baseline.map((o) => fmt.ms(o.elapsedMs)).join(', ')}]; per domain: plugin ${perDomain(plugin, (o) => o.elapsedMs)}, ` +
         `download only ${perDomain(baseline, (o) => o.elapsedMs)}; CPU of the process per domain: plugin ${perDomain(plugin, (o) => o.cpuMs)}, ` +
         `download only ${perDomain(baseline, (o) => o.cpuMs)}`)
-      if (plugin.some((o) => o.elapsedMs > FASTIFY_PLUGIN_TIMEOUT)) {
-        notes.push(`figure 2: ${fmt.int(count)} domains, concurrency ${concurrency}: prewarm took longer than Fastify's default pluginTimeout ` +
-          `(${FASTIFY_PLUGIN_TIMEOUT / 1000} s), which bounds onReady hooks: with default options ready() rejects (FST_ERR_HOOK_TIMEOUT); the bench sets pluginTimeout: 0`)
-      }
+      const ready = median(plugin.map((o) => o.readyMs as number))
+      rows.push({
+        // With Fastify's defaults: onReady waits at most prewarmTimeout (5 s), the rest loads after ready().
+        // The baseline: the same start's time until every domain was loaded.
+        figure: `2 ready() with ${fmt.int(count)} domains, concurrency ${concurrency}, against all loaded`,
+        ours: fmt.ms(ready),
+        baseline: fmt.ms(ours),
+        ratio: ready / ours,
+        target: `ready() < ${FASTIFY_PLUGIN_TIMEOUT / 1000} s`,
+        met: ready < FASTIFY_PLUGIN_TIMEOUT
+      })
       if (concurrency === CONCURRENCY[0] && count === counts[counts.length - 1]) {
         const kept = median(plugin.map((o) => (o.retainedAfter - o.retainedBefore) / count))
         const peak = median(plugin.map((o) => (o.peakRss - o.rssBefore) / count))
