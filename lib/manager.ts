@@ -58,7 +58,7 @@ export interface CertificateSource {
 
 /** The validated options the manager reads: the front ends pass these and nothing else of Settings. */
 export const MANAGER_SETTINGS = [
-  'domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand', 'handshakeTimeout', 'lockTimeout', 'prewarmTimeout'
+  'domains', 'keyType', 'renewBefore', 'retryDelays', 'maxOrdersPerHour', 'concurrency', 'instanceId', 'onDemand', 'handshakeTimeout', 'lockTimeout', 'prewarmTimeout', 'contextCacheSize'
 ] as const
 
 /** The manager's settings, plus what the front end built for it. */
@@ -169,6 +169,8 @@ export class CertificateManager {
   readonly #backgroundLimit: Limiter
   readonly #closing = new AbortController()
   #started = false
+  /** The sites holding TLS contexts, least recently served first: at most contextCacheSize (a Set keeps insertion order). */
+  readonly #contextHolders = new Set<Site>()
   /** The store reads of prewarm(), which may outlast it (prewarmTimeout): start() orders after them. */
   #prewarming: Promise<void> | undefined
   /** When a wrong clock was last logged (at most once per CLOCK_RECHECK for the process). */
@@ -197,6 +199,7 @@ export class CertificateManager {
     const site = this.#sites.get(servername)
     if (site?.contexts !== undefined && (site.expires as number) > this.#clock.now()) {
       if (site.onDemand) this.#onDemand?.touch(site.name, site)
+      this.#holdsContexts(site)
       serve(site.contexts, cb, socket)
       return
     }
@@ -390,6 +393,24 @@ export class CertificateManager {
     }
     this.#onDemand?.delete(site.name)
     this.#sites.delete(site.name)
+    this.#dropContexts(site)
+  }
+
+  /**
+   * Marks `site`'s TLS contexts as just served; past contextCacheSize sites,
+   * the least recently served one's are freed.
+   */
+  #holdsContexts (site: Site): void {
+    this.#contextHolders.delete(site)
+    this.#contextHolders.add(site)
+    if (this.#contextHolders.size > this.#opts.contextCacheSize) this.#dropContexts(this.#contextHolders.values().next().value as Site)
+  }
+
+  /** Frees `site`'s TLS contexts: its next handshake builds them again from the certificates in memory (no store call). */
+  #dropContexts (site: Site): void {
+    this.#contextHolders.delete(site)
+    site.contexts = undefined
+    for (const slot of site.slots) slot.context = undefined
   }
 
   /**
@@ -407,6 +428,7 @@ export class CertificateManager {
     if (contexts.length === site.slots.length) {
       site.contexts = contexts
       site.expires = Math.min(...site.slots.map((slot) => (slot.cert as Certificate).notAfter))
+      this.#holdsContexts(site)
     }
     return contexts
   }
@@ -428,6 +450,7 @@ export class CertificateManager {
       slot.cert = undefined
       slot.context = toSecureContext(await this.#order(slot, { until: 'in-memory' }))
     }
+    this.#holdsContexts(slot.site)
     return slot.context
   }
 

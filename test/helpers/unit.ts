@@ -218,6 +218,7 @@ export function unitManager (options: Partial<ManagerOptions> & { domains: strin
     handshakeTimeout: 20_000,
     lockTimeout: 120_000,
     prewarmTimeout: 5_000,
+    contextCacheSize: 10_000,
     issuer,
     log,
     clock,
