@@ -3,7 +3,7 @@ import type { SecureContext } from 'node:tls'
 import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo, type RenewalWindow } from './acme/ari'
 import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
 import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
-import { systemClock, type Clock, type Timer } from './clock'
+import { systemClock, timeoutSignal, type Clock, type Timer } from './clock'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
   FST_AUTOCERT_NAME_NOT_ALLOWED, FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED, FST_AUTOCERT_REVOKE_FAILED
@@ -304,12 +304,9 @@ export class CertificateManager {
       if (slot.cert === undefined) await this.#load(slot).catch(() => undefined)
       done++
     })
-    let timer: Timer | undefined
-    const timedOut = await Promise.race([
-      prewarming.then(() => false),
-      new Promise<boolean>((resolve) => { timer = this.#clock.setTimeout(() => { resolve(true) }, this.#opts.prewarmTimeout) })
-    ])
-    this.#clock.clearTimeout(timer)
+    const bound = timeoutSignal(this.#clock, this.#opts.prewarmTimeout)
+    const timedOut = await untilAborted(prewarming, bound.signal).then(() => false, () => true)
+    bound.dispose()
     if (timedOut) {
       const listed = this.#opts.domains.length * this.#opts.keyType.length
       this.#opts.log.info({ done, listed, ms: this.#clock.now() - started }, 'prewarming goes on in the background (options.prewarmTimeout)')
