@@ -1,4 +1,5 @@
-// Pebble, Let's Encrypt's test CA, and pebble-challtestsrv as its DNS, for one test.
+// Pebble, Let's Encrypt's test CA, and pebble-challtestsrv as its DNS (or a DNS server
+// given, such as startBind()'s), for one test.
 // Two versions, checked here against their logs and sources:
 // - 2.4.0 (Debian stable, on PATH): no ARI, no profiles; certificateValidityPeriod sets
 //   the lifetime (default 5 years); challtestsrv's DNS flag is -dns01; no User-Agent needed.
@@ -48,6 +49,9 @@ export interface PebbleOptions {
   // directory's meta.profiles. An order may name one; one that names none gets one at random (Pebble's
   // choice), so with several profiles the lifetimes of such orders vary; with one, every order gets it.
   version?: PebbleVersion      // default: $PEBBLE_VERSION if set, else '2.10'
+  dnsServer?: string           // 'host:port' of the DNS server Pebble's VA asks (-dnsserver), e.g. a startBind()'s
+  // `server`: pebble-challtestsrv is then not started. Default: a challtestsrv that answers every A query with
+  // 127.0.0.1 and serves no TXT record, so only HTTP-01 and TLS-ALPN-01 can be validated.
   env?: Record<string, string> // extra env, e.g. PEBBLE_WFE_NONCEREJECT. Authorization reuse is off by default
   // (PEBBLE_AUTHZREUSE=0): every order is validated, so tests see real HTTP-01 traffic.
 }
@@ -209,25 +213,28 @@ export async function startPebble (opts: PebbleOptions): Promise<Pebble> {
     }
   }))
 
-  // challtestsrv only as a DNS server: every A query answers 127.0.0.1 (set
-  // explicitly rather than trusting the default), no AAAA so the VA never tries ::1.
-  // Its DNS flag is -dns01 on 2.4 and -dnsserver on 2.10, which also serves DNS over
-  // HTTPS on :8443 unless told -doh "".
+  // Unless given a dnsServer, challtestsrv only as a DNS server: every A query answers
+  // 127.0.0.1 (set explicitly rather than trusting the default), no AAAA so the VA never
+  // tries ::1. Its DNS flag is -dns01 on 2.4 and -dnsserver on 2.10, which also serves
+  // DNS over HTTPS on :8443 unless told -doh "".
+  const dnsServer = opts.dnsServer ?? `127.0.0.1:${dnsPort}`
   const dnsFlags = version === '2.4'
     ? ['-dns01', `127.0.0.1:${dnsPort}`]
     : ['-dnsserver', `127.0.0.1:${dnsPort}`, '-doh', '']
-  const chall = spawnTracked(cmd.challtestsrv, [
-    ...dnsFlags, '-http01', '', '-https01', '', '-tlsalpn01', '',
-    '-management', `127.0.0.1:${challMgmtPort}`, '-defaultIPv4', '127.0.0.1', '-defaultIPv6', ''
-  ], {})
+  const chall = opts.dnsServer !== undefined
+    ? undefined
+    : spawnTracked(cmd.challtestsrv, [
+      ...dnsFlags, '-http01', '', '-https01', '', '-tlsalpn01', '',
+      '-management', `127.0.0.1:${challMgmtPort}`, '-defaultIPv4', '127.0.0.1', '-defaultIPv6', ''
+    ], {})
   let challLog = ''
-  chall.stdout?.on('data', (d: Buffer) => { challLog += d.toString() })
-  chall.stderr?.on('data', (d: Buffer) => { challLog += d.toString() })
+  chall?.stdout?.on('data', (d: Buffer) => { challLog += d.toString() })
+  chall?.stderr?.on('data', (d: Buffer) => { challLog += d.toString() })
 
   // -strict=true: Go's flag package read the `-strict false` this used to pass as `-strict`
   // plus a stray argument, which 2.4 ignored and 2.10 refuses; so the suite has always run
   // in strict mode (challenge POSTs must be `{}`, no ACME v1 `resource` field), and still does.
-  const pebble = spawnTracked(cmd.pebble, ['-config', configFile, '-dnsserver', `127.0.0.1:${dnsPort}`, '-strict=true'], {
+  const pebble = spawnTracked(cmd.pebble, ['-config', configFile, '-dnsserver', dnsServer, '-strict=true'], {
     cwd: dir,
     env: { ...process.env, PEBBLE_VA_NOSLEEP: '1', PEBBLE_AUTHZREUSE: '0', ...opts.env }
   })
@@ -238,7 +245,7 @@ export async function startPebble (opts: PebbleOptions): Promise<Pebble> {
   const directoryUrl = `https://127.0.0.1:${port}/dir`
   const managementUrl = `https://127.0.0.1:${mgmtPort}`
   const stop = async (): Promise<void> => {
-    await Promise.all([stopChild(pebble), stopChild(chall)])
+    await Promise.all([stopChild(pebble), ...(chall !== undefined ? [stopChild(chall)] : [])])
     await rm(dir, { recursive: true, force: true })
     forget()
   }
@@ -246,7 +253,7 @@ export async function startPebble (opts: PebbleOptions): Promise<Pebble> {
   try {
     // challtestsrv has no readiness probe we can cheaply use over UDP; its
     // management port opens after the DNS listener, so poll that one.
-    await waitUntil(`pebble-challtestsrv ${version}`, () => canConnect(challMgmtPort), chall, () => challLog)
+    if (chall !== undefined) await waitUntil(`pebble-challtestsrv ${version}`, () => canConnect(challMgmtPort), chall, () => challLog)
     await waitUntil(`pebble ${version}`, async () => { directory = JSON.parse(await get(directoryUrl, caCert)); return true }, pebble, () => log)
   } catch (err) {
     await stop()
