@@ -1,5 +1,6 @@
 // A certificate bundle: its stored form, its parsed fields and its TLS context.
 import { X509Certificate } from 'node:crypto'
+import { isIP } from 'node:net'
 import { createSecureContext, type SecureContext } from 'node:tls'
 import { FST_AUTOCERT_CORRUPT } from './errors'
 
@@ -53,7 +54,7 @@ export function decodeBundle (name: string, storeKey: string, data: Buffer | str
   } catch {
     throw new FST_AUTOCERT_CORRUPT(storeKey, 'the certificate does not parse')
   }
-  if (leaf.checkHost(name, { wildcards: false }) === undefined) {
+  if (!covers(leaf, name)) {
     throw new FST_AUTOCERT_CORRUPT(storeKey, `the certificate is not valid for ${name}`)
   }
   return {
@@ -64,6 +65,16 @@ export function decodeBundle (name: string, storeKey: string, data: Buffer | str
     notBefore: Date.parse(leaf.validFrom),
     notAfter: Date.parse(leaf.validTo)
   }
+}
+
+/**
+ * Whether `leaf` names `name` itself: a host name, a wildcard (`*.example.com`,
+ * which must be in its SAN as such, not matched by one) or an IP address.
+ */
+function covers (leaf: X509Certificate, name: string): boolean {
+  if (isIP(name) !== 0) return leaf.checkIP(name) !== undefined
+  if (name.startsWith('*.')) return (leaf.subjectAltName ?? '').split(', ').includes(`DNS:${name}`)
+  return leaf.checkHost(name, { wildcards: false }) !== undefined
 }
 
 /** The TLS context serving `cert`. Throws FST_AUTOCERT_CORRUPT when its key does not parse or match. */
