@@ -2,9 +2,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Http2ServerRequest } from 'node:http2'
 import type { AddressInfo } from 'node:net'
-import type { SecureContext, TLSSocket } from 'node:tls'
+import type { SecureContext, Server as TlsServerBase, TLSSocket } from 'node:tls'
 import { CHALLENGE_LOOKUP_LIMITS } from './acme/challenge-lookups'
-import { Http01Challenges } from './acme/challenges'
+import { Http01Challenges, type ChallengeSolver, type ChallengeType } from './acme/challenges'
+import { Dns01Challenges } from './acme/dns-01'
 import { FallbackIssuer } from './acme/fallback'
 import { Issuer } from './acme/issuer'
 import { alpnCallback, isValidation, TlsAlpn01Challenges, type ALPNCallbackFn } from './acme/tls-alpn'
@@ -14,7 +15,7 @@ import { FST_AUTOCERT_NO_CHALLENGE, FST_AUTOCERT_REVOKE_FAILED } from './errors'
 import { errorFields, printable, type AutocertEvents, type DomainStatus, type Logger } from './events'
 import { FleetLocks } from './fleet/locks'
 import { CertificateManager, MANAGER_SETTINGS } from './manager'
-import { normalizeName } from './names'
+import { isAddress, normalizeHost } from './names'
 import { validate, type AutocertOptions, type Settings } from './options'
 import { buildStore, type BuiltStore } from './store/build'
 import { storeKeys, storeLimits } from './store/keys'
@@ -127,8 +128,9 @@ export interface AutocertServer extends Autocert {
   ready (): Promise<void>
   /**
    * Orders what is missing and arms renewals. Call once `server` listens: the
-   * CA's validation request must find it. `server` is the HTTPS server (its
-   * port is where the `http01` listener redirects).
+   * CA's validation request must find it. `server` is the HTTPS server: its
+   * port is where the `http01` listener redirects, and with an IP address
+   * listed, its default certificate (served without SNI) is that address's.
    */
   start (server?: Server | { address (): AddressInfo | string | null }): void
   /** Stops renewals, ends orders in flight, closes the `http01` listener and a store the options built. */
@@ -154,8 +156,11 @@ export class AutocertCore implements AutocertServer {
   readonly #store: BuiltStore
   readonly #http01: Http01Challenges
   readonly #tlsAlpn01: TlsAlpn01Challenges
+  readonly #dns01: Dns01Challenges | undefined
   readonly #locks: FleetLocks
   #server: { address (): AddressInfo | string | null } | undefined
+  /** The listed IP address, if any: its certificate is the server's default. */
+  readonly #address: string | undefined
   #companion: Server | undefined
 
   /** `protocols`: the server's own ALPN protocols, preferred first (https.createServer's by default). */
@@ -168,7 +173,8 @@ export class AutocertCore implements AutocertServer {
     // may list different names, and the CA's request may reach any of them.
     this.#http01 = new Http01Challenges(store, log)
     this.#tlsAlpn01 = new TlsAlpn01Challenges(store, log)
-    const solvers = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01 }
+    this.#dns01 = opts.dns01 && new Dns01Challenges(opts.dns01, log)
+    const solvers: Record<ChallengeType, ChallengeSolver | undefined> = { 'http-01': this.#http01, 'tls-alpn-01': this.#tlsAlpn01, 'dns-01': this.#dns01 }
     const { email, profile } = opts
     const locks = this.#locks = new FleetLocks({ store, holder: opts.instanceId, timeout: opts.lockTimeout, clock: systemClock, log })
     // One issuer per CA, each with its own account in the store; several make a fallback list.
@@ -180,12 +186,16 @@ export class AutocertCore implements AutocertServer {
       profile,
       store,
       locks,
-      solvers: opts.challenges.map((type) => solvers[type])
+      // validate() lists 'dns-01' only with options.dns01.
+      solvers: opts.challenges.map((type) => solvers[type] as ChallengeSolver)
     }))
     const issuer = issuers.length === 1 ? issuers[0] : new FallbackIssuer(issuers, log)
     // Only the settings the manager reads: the others (the store's options, the encryption keys) stay here.
     const settings = Object.fromEntries(MANAGER_SETTINGS.map((name) => [name, opts[name]])) as Pick<Settings, typeof MANAGER_SETTINGS[number]>
-    this.manager = new CertificateManager({ ...settings, store, issuer, log })
+    // Clients that connect by address send no SNI: the address's certificate is the server's default one.
+    this.#address = opts.domains.find(isAddress)
+    const adopted = (name: string): void => { if (name === this.#address) this.#serveAddress() }
+    this.manager = new CertificateManager({ ...settings, store, issuer, log, adopted })
     const { manager } = this
     const validation = (servername: string, socket: TLSSocket): Promise<SecureContext> => this.#validation(servername, socket)
     this.SNICallback = function (servername, cb) {
@@ -243,11 +253,34 @@ export class AutocertCore implements AutocertServer {
 
   start (server?: { address (): AddressInfo | string | null }): void {
     this.#server = server
+    this.#serveAddress()
     this.manager.start()
+  }
+
+  /**
+   * Makes the listed address's certificates (each key type) the server's
+   * default, which a handshake without SNI gets: at start, and whenever one
+   * enters memory (renewed, or adopted from the fleet). The server's other TLS
+   * settings and its session ticket keys are kept.
+   */
+  #serveAddress (): void {
+    const server = this.#server as Partial<TlsServer> | undefined
+    if (this.#address === undefined || typeof server?.setSecureContext !== 'function') return
+    const certs = this.manager.current(this.#address)
+    if (certs.length === 0) return
+    const kept = Object.fromEntries(SERVER_TLS_SETTINGS.flatMap((name) => server[name] === undefined ? [] : [[name, server[name]]]))
+    try {
+      server.setSecureContext({ ...kept, ticketKeys: (server as TlsServer).getTicketKeys(), key: certs.map((c) => c.key), cert: certs.map((c) => c.chain) })
+    } catch (err) {
+      // A stored bundle whose key does not match: handshakes with SNI find it too, and replace it.
+      this.#log.warn({ domain: this.#address, error: errorFields(err) }, 'could not make the address\'s certificate the server\'s default')
+    }
   }
 
   async close (): Promise<void> {
     await this.manager.close()
+    // The orders just ended remove their DNS records: the app closes once they are gone.
+    await this.#dns01?.close()
     const companion = this.#companion
     if (companion !== undefined) {
       const closed = new Promise((resolve) => companion.close(resolve))
@@ -310,14 +343,15 @@ export class AutocertCore implements AutocertServer {
         void this.#answer(token, req, res)
         return
       }
-      const host = normalizeName((req.headers.host ?? '').replace(/:\d+$/, ''))
+      const host = normalizeHost(req.headers.host)
       if ((req.method !== 'GET' && req.method !== 'HEAD') || host === undefined) {
         res.writeHead(400, { 'content-type': 'text/plain' }).end('Use HTTPS')
         return
       }
       const address = this.#server?.address()
       const port = typeof address === 'object' && address !== null ? address.port : undefined
-      const authority = port === undefined || port === 443 ? host : `${host}:${port}`
+      const literal = host.includes(':') ? `[${host}]` : host
+      const authority = port === undefined || port === 443 ? literal : `${literal}:${port}`
       res.writeHead(302, { location: `https://${authority}${req.url ?? '/'}` }).end()
     })
     server.maxConnections = maxConnections
@@ -329,6 +363,14 @@ export class AutocertCore implements AutocertServer {
     return server
   }
 }
+
+/** What tls.Server.setSecureContext() reads besides the certificate: the server holds them as it last applied them. */
+const SERVER_TLS_SETTINGS = [
+  'ca', 'ciphers', 'sigalgs', 'ecdhCurve', 'dhparam', 'honorCipherOrder', 'secureOptions', 'sessionIdContext',
+  'crl', 'minVersion', 'maxVersion', 'secureProtocol', 'clientCertEngine', 'privateKeyEngine', 'privateKeyIdentifier'
+] as const
+
+type TlsServer = TlsServerBase & Partial<Record<typeof SERVER_TLS_SETTINGS[number], unknown>>
 
 /** The client connection a request came on: its socket, or over HTTP/2 its session (each stream has a socket of its own). */
 function connectionOf (req: IncomingMessage | Http2ServerRequest): object {

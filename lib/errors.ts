@@ -14,7 +14,7 @@ export const FST_AUTOCERT_NO_DOMAINS = createError(
 
 export const FST_AUTOCERT_INVALID_DOMAIN = createError<[string]>(
   'FST_AUTOCERT_INVALID_DOMAIN',
-  'options.domains: %s is not a host name a certificate can be ordered for (no IP addresses, wildcards, ports or paths)',
+  'options.domains: %s is not a name a certificate can be ordered for: a host name, a wildcard *.example.com or one IP address (no ports or paths)',
   500, TypeError)
 
 export const FST_AUTOCERT_TOS_NOT_AGREED = createError(

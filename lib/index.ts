@@ -11,12 +11,15 @@
 import type { FastifyPluginAsync } from 'fastify'
 import plugin, { ALPNCallback, SNICallback } from './plugin'
 import { CHALLENGE_PATH, createAutocert } from './autocert'
+import { rfc2136 } from './dns/rfc2136'
 import * as errors from './errors'
 import { AzureBlobStore } from './store/azure-blob'
 import { EncryptedStore } from './store/encrypted'
 import { FileStore } from './store/file'
 import { MemoryStore } from './store/memory'
 import type * as acmeChallenges from './acme/challenges'
+import type * as acmeDns01 from './acme/dns-01'
+import type * as dnsRfc2136 from './dns/rfc2136'
 import type * as acmeIssuer from './acme/issuer'
 import type * as acmeTlsAlpn from './acme/tls-alpn'
 import type * as autocertModule from './autocert'
@@ -40,6 +43,7 @@ interface FastifyAutocert extends FastifyPluginAsync<options.AutocertOptions> {
   FileStore: typeof FileStore
   AzureBlobStore: typeof AzureBlobStore
   EncryptedStore: typeof EncryptedStore
+  rfc2136: typeof rfc2136
   errors: typeof errors
 }
 
@@ -52,6 +56,11 @@ declare namespace fastifyAutocert {
   export type KeyType = acmeIssuer.KeyType
   export type ChallengeType = acmeChallenges.ChallengeType
   export type Logger = events.Logger
+  export type DnsProvider = acmeDns01.DnsProvider
+  export type DnsRecord = acmeDns01.DnsRecord
+  export type Dns01Options = acmeDns01.Dns01Options
+  export type Rfc2136Options = dnsRfc2136.Rfc2136Options
+  export type TsigAlgorithm = dnsRfc2136.TsigAlgorithm
 
   export type Autocert = autocertModule.Autocert
   export type AutocertServer = autocertModule.AutocertServer
@@ -99,6 +108,7 @@ module.exports.MemoryStore = MemoryStore
 module.exports.FileStore = FileStore
 module.exports.AzureBlobStore = AzureBlobStore
 module.exports.EncryptedStore = EncryptedStore
+module.exports.rfc2136 = rfc2136
 module.exports.errors = errors
 
 export = fastifyAutocert

@@ -18,7 +18,7 @@ import { LockQueue } from './fleet/lock-queue'
 import { FleetLocks, type LockKind, type LockWaitListener } from './fleet/locks'
 import { RenewalInfoRecords, type RenewalInfoRecord } from './fleet/renewal-info'
 import { Limiter } from './limiter'
-import { normalizeName } from './names'
+import { normalizeName, wildcardOf } from './names'
 import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
@@ -68,6 +68,8 @@ export type ManagerOptions = Pick<Settings, typeof MANAGER_SETTINGS[number]> & {
   log: Logger
   /** Default: the system's. */
   clock?: Clock
+  /** Told of every certificate that enters memory (loaded, obtained, renewed, adopted from the fleet), by its name. */
+  adopted?: (name: string) => void
 }
 
 /** A host name served with one certificate per key type. */
@@ -196,7 +198,7 @@ export class CertificateManager {
    * allocation.
    */
   resolve (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void, socket?: KeyCertSocket): void {
-    const site = this.#sites.get(servername)
+    const site = this.#sites.get(servername) ?? this.#covering(servername)
     if (site?.contexts !== undefined && (site.expires as number) > this.#clock.now()) {
       if (site.onDemand) this.#onDemand?.touch(site.name, site)
       this.#holdsContexts(site)
@@ -269,6 +271,11 @@ export class CertificateManager {
       return replacement
     }))
     return primary
+  }
+
+  /** The live certificates of the listed `name` in memory, the primary key type's first: none before they are loaded. */
+  current (name: string): Certificate[] {
+    return (this.#sites.get(name)?.slots ?? []).flatMap((slot) => this.#live(slot.cert) ? [slot.cert] : [])
   }
 
   status (): DomainStatus[] {
@@ -354,10 +361,19 @@ export class CertificateManager {
     for (const site of this.#sites.values()) yield * site.slots
   }
 
-  /** The site `servername` names: listed, or allowed on demand. Anything else is refused. */
+  /** The listed wildcard that serves `name` (normalised), if any: `*.example.com` for `a.example.com`. */
+  #covering (name: string): Site | undefined {
+    const wildcard = wildcardOf(name)
+    return wildcard === undefined ? undefined : this.#sites.get(wildcard)
+  }
+
+  /**
+   * The site `servername` names: listed, served by a listed wildcard (a listed
+   * name of its own wins), or allowed on demand. Anything else is refused.
+   */
   async #allowed (servername: string): Promise<Site> {
     const name = this.#sites.has(servername) ? servername : normalizeName(servername)
-    const known = name === undefined ? undefined : this.#sites.get(name)
+    const known = name === undefined ? undefined : this.#sites.get(name) ?? this.#covering(name)
     if (known !== undefined) {
       if (known.onDemand) {
         this.#onDemand?.touch(known.name, known)
@@ -772,6 +788,7 @@ export class CertificateManager {
     // A certificate new to this instance: its renewal information is looked at (the store's record first) at once.
     slot.ariCheckAt = checkRenewalInfo && this.#opts.issuer.renewalInfo !== undefined ? this.#clock.now() : undefined
     this.#schedule(slot, slot.renewAt)
+    this.#opts.adopted?.(slot.name)
   }
 
   /**

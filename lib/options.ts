@@ -1,14 +1,16 @@
 // The options: their types and docs, one rule per option, and Settings, what the rules return.
+import { isIP } from 'node:net'
 import { hostname } from 'node:os'
 import * as acme from 'acme-client'
 import type { ChallengeType } from './acme/challenges'
+import type { Dns01Options, Dns01Settings } from './acme/dns-01'
 import type { KeyType } from './acme/issuer'
 import {
   FST_AUTOCERT_INVALID_DIRECTORY_URL, FST_AUTOCERT_INVALID_DOMAIN, FST_AUTOCERT_INVALID_KEY_TYPE,
   FST_AUTOCERT_INVALID_OPTION, FST_AUTOCERT_INVALID_STORE, FST_AUTOCERT_NO_DOMAINS, FST_AUTOCERT_TOS_NOT_AGREED
 } from './errors'
 import type { Logger } from './events'
-import { normalizeName } from './names'
+import { isAddress, isWildcard, normalizeListed } from './names'
 import type { OnDemandOptions, OnDemandSettings } from './on-demand'
 import type { AzureBlobStoreOptions } from './store/azure-blob'
 import type { EncryptionOptions } from './store/encrypted'
@@ -26,7 +28,17 @@ export type { OnDemandOptions }
 
 /** Options of the Fastify plugin and of createAutocert(): checked once, at register time. */
 export interface AutocertOptions {
-  /** Host names to serve and keep certificates for. Normalised: lower case, no trailing dot, punycode. May be empty with `onDemand`. */
+  /**
+   * Names to serve and keep certificates for. Normalised: lower case, no
+   * trailing dot, punycode. May be empty with `onDemand`. Also:
+   * - a wildcard, `*.example.com`: it serves `a.example.com` (one label, not
+   *   `a.b.example.com` nor `example.com`) unless that name is listed itself;
+   *   a name it covers is never asked of onDemand.allow(). Needs `dns01`.
+   * - one IP address (IPv4, or IPv6 in any form; kept in its canonical one):
+   *   served to clients that send no SNI, as the server's default certificate.
+   *   Validated with HTTP-01 or TLS-ALPN-01; ordered with the CA's `shortlived`
+   *   profile when it offers one (Let's Encrypt issues for addresses under no other).
+   */
   domains: string[]
   /**
    * Certificates for names not in `domains`, obtained at their first handshake
@@ -133,10 +145,19 @@ export interface AutocertOptions {
   /**
    * The challenge types to complete, in order of preference: each authorization
    * uses the first one the CA offers. `'tls-alpn-01'` is answered on the HTTPS
-   * port (443 for the CA) and needs the `ALPNCallback` in the server's options.
-   * Default: `['http-01']`.
+   * port (443 for the CA) and needs the `ALPNCallback` in the server's options;
+   * `'dns-01'` needs `dns01`, and is added last when `dns01` is given and it is
+   * not listed (a CA offers only DNS-01 for a wildcard). Default: `['http-01']`.
    */
   challenges?: readonly ChallengeType[]
+  /**
+   * DNS-01, for wildcards (and for any name when `challenges` lists it first):
+   * the provider that sets the TXT record `_acme-challenge.<name>`, with how
+   * long to wait for it and where to look. The instance holding the name's lock
+   * sets the record, waits until the zone's servers serve it, tells the CA, and
+   * removes it after validation, also when the order fails or the app closes.
+   */
+  dns01?: Dns01Options
   /** External account binding, for CAs that require it (ZeroSSL, Google): of the first CA of `directoryUrl`, unless that entry has its own. */
   externalAccountBinding?: { kid: string, hmacKey: string }
   /**
@@ -161,7 +182,7 @@ export interface CaSettings {
   externalAccountBinding?: { kid: string, hmacKey: string }
 }
 
-const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01']
+const CHALLENGE_TYPES: readonly ChallengeType[] = ['http-01', 'tls-alpn-01', 'dns-01']
 
 /**
  * One rule per option: checks the value given (a coded TypeError that names
@@ -183,11 +204,24 @@ const rules = {
   },
   domains: (domains: AutocertOptions['domains'], options: AutocertOptions): string[] => {
     if (!Array.isArray(domains) || (domains.length === 0 && options.onDemand === undefined)) throw new FST_AUTOCERT_NO_DOMAINS()
-    return [...new Set(domains.map((raw) => {
-      const name = typeof raw === 'string' ? normalizeName(raw) : undefined
+    const names = [...new Set(domains.map((raw) => {
+      const name = typeof raw === 'string' ? normalizeListed(raw) : undefined
       if (name === undefined) throw new FST_AUTOCERT_INVALID_DOMAIN(JSON.stringify(raw))
       return name
     }))]
+    const wildcard = names.find(isWildcard)
+    if (wildcard !== undefined && options.dns01 === undefined) {
+      throw new FST_AUTOCERT_INVALID_OPTION('dns01', `is needed for ${wildcard}: a CA validates a wildcard with DNS-01 only; give dns01: { provider }`)
+    }
+    const addresses = names.filter(isAddress)
+    if (addresses.length > 1) {
+      throw new FST_AUTOCERT_INVALID_OPTION('domains', `lists ${addresses[0]} and ${addresses[1]}: one IP address per server, since a client that connects by address sends no SNI and gets the server's one default certificate`)
+    }
+    const challenges = options.challenges ?? ['http-01']
+    if (addresses.length > 0 && Array.isArray(challenges) && !challenges.some((c) => c === 'http-01' || c === 'tls-alpn-01')) {
+      throw new FST_AUTOCERT_INVALID_OPTION('challenges', `must list 'http-01' or 'tls-alpn-01' for ${addresses[0]}: an IP address is never validated with DNS-01`)
+    }
+    return names
   },
   instanceId: (value: AutocertOptions['instanceId']): string => {
     const instanceId = value ?? `${hostname()}/${process.pid}`
@@ -259,13 +293,31 @@ const rules = {
     }
     return encryption
   },
-  challenges: (value: AutocertOptions['challenges']): readonly ChallengeType[] => {
+  challenges: (value: AutocertOptions['challenges'], options: AutocertOptions): readonly ChallengeType[] => {
     const challenges = value ?? ['http-01']
     if (!(Array.isArray(challenges) && challenges.length > 0 && challenges.every((c) => CHALLENGE_TYPES.includes(c)) &&
         new Set(challenges).size === challenges.length)) {
-      throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'must list \'http-01\' and/or \'tls-alpn-01\' once each, in order of preference, e.g. [\'tls-alpn-01\', \'http-01\']')
+      throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'must list \'http-01\', \'tls-alpn-01\' and/or \'dns-01\' once each, in order of preference, e.g. [\'tls-alpn-01\', \'http-01\']')
     }
-    return challenges
+    if (options.dns01 === undefined) {
+      if (challenges.includes('dns-01')) throw new FST_AUTOCERT_INVALID_OPTION('challenges', 'lists \'dns-01\': give dns01: { provider } too')
+      return challenges
+    }
+    return challenges.includes('dns-01') ? challenges : [...challenges, 'dns-01']
+  },
+  dns01: (value: AutocertOptions['dns01']): Dns01Settings | undefined => {
+    if (value === undefined) return undefined
+    const { provider, timeout = 120_000, nameservers } = value ?? {}
+    if (typeof provider?.set !== 'function' || typeof provider?.remove !== 'function') {
+      throw new FST_AUTOCERT_INVALID_OPTION('dns01.provider', 'must have set(record, signal) and remove(record, signal) methods that add and remove a TXT record, e.g. rfc2136({...})')
+    }
+    if (!(Number.isFinite(timeout) && timeout > 0 && timeout <= MAX_DNS01_TIMEOUT)) {
+      throw new FST_AUTOCERT_INVALID_OPTION('dns01.timeout', `must be a positive number of milliseconds, at most ${MAX_DNS01_TIMEOUT} (an order's own deadline is 5 minutes)`)
+    }
+    if (nameservers !== undefined && !(Array.isArray(nameservers) && nameservers.length > 0 && nameservers.every(isServerAddress))) {
+      throw new FST_AUTOCERT_INVALID_OPTION('dns01.nameservers', 'must be a non-empty array of IP addresses, each with an optional port: \'192.0.2.53\', \'192.0.2.53:5353\', \'[2001:db8::53]:53\'')
+    }
+    return { provider, timeout, ...(nameservers === undefined ? {} : { nameservers: [...nameservers] }) }
   },
   logger: (logger: AutocertOptions['logger']): Logger | undefined => {
     if (logger !== undefined && !(['debug', 'info', 'warn', 'error'] as const).every((level) => typeof logger?.[level] === 'function')) {
@@ -326,6 +378,17 @@ export function directoryUrl (value: unknown): string {
   } catch {}
   if (typeof value !== 'string' || url?.protocol !== 'https:') throw new FST_AUTOCERT_INVALID_DIRECTORY_URL(JSON.stringify(String(value)))
   return value
+}
+
+/** The longest options.dns01.timeout: the wait must leave room for the validation within an order's deadline. */
+const MAX_DNS01_TIMEOUT = 240_000
+
+/** A name server as node:dns takes it: an IP address, with an optional port (IPv6 then in brackets). */
+function isServerAddress (value: unknown): boolean {
+  if (typeof value !== 'string') return false
+  const match = /^\[([^\]]+)\]:(\d{1,5})$/.exec(value) ?? /^([^:]+):(\d{1,5})$/.exec(value)
+  const [address, port] = match === null ? [value, '53'] : [match[1], match[2]]
+  return isIP(address) !== 0 && Number(port) > 0 && Number(port) < 65536
 }
 
 /** A duration option: a positive number of milliseconds that a timer can wait (at most 2^31 - 1), or its default. */

@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import autocert, { ALPNCallback, createAutocert, MemoryStore, SNICallback, type AutocertOptions } from '../lib'
 import { handshake } from './support/tls'
+import { validate } from '../lib/options'
 
 const valid = (): AutocertOptions => ({ domains: ['example.com'], store: new MemoryStore(), termsOfServiceAgreed: true })
 
@@ -22,9 +23,15 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
   const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
     ['no domains', { domains: [] }, 'FST_AUTOCERT_NO_DOMAINS', /non-empty array/],
     ['domains not an array', { domains: 'example.com' }, 'FST_AUTOCERT_NO_DOMAINS', /non-empty array/],
-    ['an IP address', { domains: ['example.com', '10.0.0.1'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /"10\.0\.0\.1"/],
-    ['a wildcard', { domains: ['*.example.com'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /wildcards/],
-    ['a URL', { domains: ['https://example.com/'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /not a host name/],
+    ['an IPv4 address with leading zeros', { domains: ['example.com', '010.0.0.1'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /"010\.0\.0\.1"/],
+    ['an IPv6 address with a zone', { domains: ['fe80::1%eth0'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /one IP address/],
+    ['two IP addresses', { domains: ['10.0.0.1', '2001:DB8::1'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domains lists 10\.0\.0\.1 and 2001:db8::1: one IP address per server/],
+    ['an IP address with DNS-01 only', { domains: ['10.0.0.1'], challenges: ['dns-01'], dns01: { provider: { set () {}, remove () {} } } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges must list 'http-01' or 'tls-alpn-01' for 10\.0\.0\.1/],
+    ['a wildcard without dns01', { domains: ['*.example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01 is needed for \*\.example\.com/],
+    ['a wildcard of a top-level domain', { domains: ['*.com'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /"\*\.com"/],
+    ['a wildcard of two labels', { domains: ['*.*.example.com'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /wildcard \*\.example\.com/],
+    ['a wildcard inside a name', { domains: ['a.*.example.com'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /"a\.\*\.example\.com"/],
+    ['a URL', { domains: ['https://example.com/'] }, 'FST_AUTOCERT_INVALID_DOMAIN', /not a name a certificate can be ordered for/],
     ['no store', { store: undefined }, 'FST_AUTOCERT_INVALID_STORE', /new AzureBlobStore/],
     ['a store without lock', { store: { get () {}, put () {}, delete () {}, list () {} } }, 'FST_AUTOCERT_INVALID_STORE', /lock/],
     ['terms not agreed', { termsOfServiceAgreed: undefined }, 'FST_AUTOCERT_TOS_NOT_AGREED', /must be true/],
@@ -43,9 +50,15 @@ t.test('every bad option rejects ready() with its own code and a way to fix it',
     ['a zero contextCacheSize', { contextCacheSize: 0 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.contextCacheSize must be a positive integer/],
     ['a fractional contextCacheSize', { contextCacheSize: 2.5 }, 'FST_AUTOCERT_INVALID_OPTION', /options\.contextCacheSize/],
     ['a bad http01 port', { http01: { port: 70000 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.http01\.port/],
-    ['no challenge type', { challenges: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges must list 'http-01' and\/or 'tls-alpn-01'/],
+    ['no challenge type', { challenges: [] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges must list 'http-01', 'tls-alpn-01' and\/or 'dns-01'/],
     ['challenges not an array', { challenges: 'tls-alpn-01' }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges .*e\.g\. \['tls-alpn-01', 'http-01'\]/],
-    ['an unsupported challenge type', { challenges: ['dns-01'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges/],
+    ['an unsupported challenge type', { challenges: ['http-02'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges/],
+    ['dns-01 without dns01', { challenges: ['dns-01'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.challenges lists 'dns-01': give dns01: \{ provider \} too/],
+    ['a DNS provider without remove', { dns01: { provider: { set () {} } } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01\.provider must have set\(record, signal\) and remove\(record, signal\)/],
+    ['no DNS provider', { dns01: {} }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01\.provider/],
+    ['a DNS-01 timeout past an order\'s deadline', { dns01: { provider: { set () {}, remove () {} }, timeout: 300_000 } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01\.timeout must be a positive number of milliseconds, at most 240000/],
+    ['a name server that is a host name', { dns01: { provider: { set () {}, remove () {} }, nameservers: ['ns1.example.com'] } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01\.nameservers must be a non-empty array of IP addresses/],
+    ['a name server with a bad port', { dns01: { provider: { set () {}, remove () {} }, nameservers: ['192.0.2.1:0'] } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.dns01\.nameservers/],
     ['a challenge type twice', { challenges: ['http-01', 'http-01'] }, 'FST_AUTOCERT_INVALID_OPTION', /once each/],
     ['a misspelt option', { domain: ['example.com'] }, 'FST_AUTOCERT_INVALID_OPTION', /options\.domain is not an option/],
     ['onDemand without allow', { onDemand: { allow: true } }, 'FST_AUTOCERT_INVALID_OPTION', /options\.onDemand\.allow must be a function/],
@@ -74,6 +87,17 @@ t.test('valid options are normalised and accepted', async (t) => {
     t.same(app.autocert.status().map((s) => s.domain), ['example.com', 'xn--bcher-kva.example'], 'deduplicated and normalised')
     await app.close()
   }
+})
+
+t.test('wildcards and IP addresses are normalised; dns01 adds DNS-01 last unless listed', async (t) => {
+  const provider = { async set () {}, async remove () {} }
+  const settings = validate({ ...valid(), domains: ['*.Example.COM.', '*.example.com', '2001:DB8:0:0::1', 'example.com'], dns01: { provider } })
+  t.same(settings.domains, ['*.example.com', '2001:db8::1', 'example.com'], 'deduplicated, lower case, IPv6 canonical (RFC 5952)')
+  t.same(settings.challenges, ['http-01', 'dns-01'], 'DNS-01 after the given types')
+  t.same(settings.dns01, { provider, timeout: 120_000 }, 'the default timeout')
+  t.same(validate({ ...valid(), challenges: ['dns-01', 'http-01'], dns01: { provider, timeout: 5000, nameservers: ['192.0.2.53', '[2001:db8::53]:5353'] } }).challenges,
+    ['dns-01', 'http-01'], 'a listed DNS-01 keeps its place')
+  t.same(validate({ ...valid(), domains: ['192.0.2.1'], challenges: ['tls-alpn-01'] }).domains, ['192.0.2.1'], 'an address with TLS-ALPN-01')
 })
 
 t.test('with onDemand, domains may be empty; createAutocert() checks the same options', async (t) => {

@@ -18,7 +18,7 @@ const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc')
 // Every name on the package, at runtime and in the types.
 const NAMES = [
   'ALPNCallback', 'AzureBlobStore', 'CHALLENGE_PATH', 'EncryptedStore', 'FileStore', 'MemoryStore', 'SNICallback',
-  'createAutocert', 'default', 'errors', 'fastifyAutocert'
+  'createAutocert', 'default', 'errors', 'fastifyAutocert', 'rfc2136'
 ].sort()
 
 interface PackResult { filename: string, files: Array<{ path: string }> }

@@ -3,8 +3,8 @@
 import https from 'node:https'
 import Fastify from 'fastify'
 import autocert, {
-  ALPNCallback, AzureBlobStore, createAutocert, FileStore, MemoryStore, SNICallback,
-  type Autocert, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus,
+  ALPNCallback, AzureBlobStore, createAutocert, FileStore, MemoryStore, rfc2136, SNICallback,
+  type Autocert, type DnsProvider, type DnsRecord, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus,
   type GetOptions
 } from '../lib'
 
@@ -68,8 +68,23 @@ export async function surface (): Promise<void> {
   await Fastify({ http2: true, https: { allowHTTP1: true, SNICallback, ALPNCallback } }).register(autocert, tlsAlpn)
   const core = createAutocert(tlsAlpn)
   void https.createServer({ SNICallback: core.SNICallback, ALPNCallback: core.ALPNCallback })
-  // @ts-expect-error dns-01 is not a challenge type the plugin completes
-  await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, challenges: ['dns-01'] })
+  // DNS-01 with the RFC 2136 provider, or a provider of a few lines.
+  const dnsProvider: DnsProvider = {
+    async set (record: DnsRecord, signal: AbortSignal) { void record.name; void record.value; void signal },
+    async remove (record: DnsRecord) { void record }
+  }
+  await app.register(autocert, { domains: ['*.example.com'], store, termsOfServiceAgreed: true, dns01: { provider: dnsProvider, timeout: 60_000 } })
+  await app.register(autocert, {
+    domains: ['example.com'],
+    store,
+    termsOfServiceAgreed: true,
+    challenges: ['dns-01'],
+    dns01: { provider: rfc2136({ server: '192.0.2.53', zone: 'example.com', key: { name: 'k', algorithm: 'hmac-sha256', secret: 'c2VjcmV0' } }), nameservers: ['192.0.2.53:53'] }
+  })
+  // @ts-expect-error a challenge type the plugin does not complete
+  await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, challenges: ['http-02'] })
+  // @ts-expect-error a provider sets and removes
+  await app.register(autocert, { domains: ['*.example.com'], store, termsOfServiceAgreed: true, dns01: { provider: { set: dnsProvider.set } } })
 
   // @ts-expect-error the key type is a closed union
   await app.register(autocert, { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'ed25519' })

@@ -1,14 +1,14 @@
 // The challenge contract, and HTTP-01 answers kept in the store.
 import type { Authorization } from 'acme-client'
 import type { Logger } from '../events'
-import { normalizeName } from '../names'
+import { normalizeAddress, normalizeHost } from '../names'
 import { CorruptLog } from '../store/corrupt-log'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readRecord, type CertStore } from '../store/store'
 import { ChallengeLookups, type Refusal } from './challenge-lookups'
 
 /** The challenge types the issuer can complete (options.challenges). */
-export type ChallengeType = 'http-01' | 'tls-alpn-01'
+export type ChallengeType = 'http-01' | 'tls-alpn-01' | 'dns-01'
 
 /**
  * One challenge type. The answer is in the store before the CA is asked to
@@ -17,7 +17,8 @@ export type ChallengeType = 'http-01' | 'tls-alpn-01'
  */
 export interface ChallengeSolver {
   readonly type: ChallengeType
-  publish (authz: Authorization, challenge: { token: string }, keyAuthorization: string): Promise<void>
+  /** `signal` aborts when the order gives up: a solver that waits (DNS-01) stops. */
+  publish (authz: Authorization, challenge: { token: string }, keyAuthorization: string, signal: AbortSignal): Promise<void>
   withdraw (authz: Authorization, challenge: { token: string }): Promise<void>
 }
 
@@ -58,7 +59,9 @@ export class Http01Challenges implements ChallengeSolver {
   }
 
   async publish (authz: Authorization, { token }: { token: string }, keyAuthorization: string): Promise<void> {
-    const pending: Pending = { domain: authz.identifier.value, keyAuthorization }
+    // An address as the CA writes it may differ from its canonical form (RFC 8738 leaves that open).
+    const { type, value } = authz.identifier
+    const pending: Pending = { domain: (type === 'ip' ? normalizeAddress(value) : undefined) ?? value, keyAuthorization }
     this.#local.set(token, pending)
     this.#lookups.forget(token)
     await this.#store.put(storeKeys.http01(token), JSON.stringify(pending))
@@ -78,7 +81,7 @@ export class Http01Challenges implements ChallengeSolver {
    * publish() writes) is no answer. Rejects when the store fails.
    */
   async answer (token: string, host: string | undefined, connection: object): Promise<Http01Answer> {
-    const domain = normalizeName((host ?? '').replace(/:\d{1,5}$/, ''))
+    const domain = normalizeHost(host)
     if (!TOKEN.test(token) || domain === undefined) return undefined
     const local = this.#local.get(token)
     const found = local === undefined ? await this.#lookups.lookup(token, connection) : { value: local }

@@ -1,5 +1,6 @@
 // One issuance with acme-client: account, order, challenges, finalize.
 import { AsyncLocalStorage } from 'node:async_hooks'
+import { isIP } from 'node:net'
 import * as acme from 'acme-client'
 import type { Certificate } from '../certificate'
 import { FST_AUTOCERT_INVALID_PROFILE } from '../errors'
@@ -42,6 +43,8 @@ const REQUEST_TIMEOUT = 30_000
 /** The longest one order may take, validation and polling included. */
 const ORDER_DEADLINE = 5 * 60_000
 const SERVER_INTERNAL = 'urn:ietf:params:acme:error:serverInternal'
+/** The profile Let's Encrypt issues certificates for IP addresses under. */
+const SHORT_LIVED = 'shortlived'
 const ordering = new AsyncLocalStorage<RequestContext>()
 
 /**
@@ -253,16 +256,18 @@ export class Issuer {
 
   async #issue (name: string, keyType: KeyType, context: RequestContext, replaces: Certificate | undefined): Promise<{ key: string, chain: string }> {
     const { signal } = context
+    const address = isIP(name) !== 0
     // The key and CSR (about 10 ms of CPU) are made while the account is looked up.
     const [client, [key, csr]] = await Promise.all([
       this.#account(signal),
-      newKey(keyType).then((key) => acme.crypto.createCsr({ commonName: name, altNames: [name] }, key))
+      // An address goes in the SAN only: a CN holds a host name (and Let's Encrypt puts none in a short-lived certificate).
+      newKey(keyType).then((key) => acme.crypto.createCsr(address ? { altNames: [name] } : { commonName: name, altNames: [name] }, key))
     ])
-    const { profile } = this.#opts
+    const profile = address ? await this.#addressProfile() : this.#opts.profile
     const replacing = replaces === undefined ? undefined : await this.#replaces(replaces)
     // acme-client sends the request as given; its type knows neither field (draft-ietf-acme-profiles, RFC 9773).
     const request: OrderRequest = {
-      identifiers: [{ type: 'dns', value: name }],
+      identifiers: [{ type: address ? 'ip' : 'dns', value: name }],
       ...(profile === undefined ? {} : { profile }),
       ...(replacing === undefined ? {} : { replaces: replacing })
     }
@@ -284,9 +289,10 @@ export class Issuer {
     try {
       for (const authz of pending) {
         const [solver, challenge] = pick(solvers, authz)
-        // In the store before the CA is told: its request may reach any instance.
-        await solver.publish(authz, challenge, await client.getChallengeKeyAuthorization(challenge))
+        // Withdrawn even when publishing fails half-way (a DNS record may be set all the same).
         published.push(() => solver.withdraw(authz, challenge))
+        // In the store (or the DNS) before the CA is told: its request may reach any instance.
+        await solver.publish(authz, challenge, await client.getChallengeKeyAuthorization(challenge), signal)
         signal.throwIfAborted()
         await client.completeChallenge(challenge)
       }
@@ -312,6 +318,15 @@ export class Issuer {
       if (attempt > 0) await sleep(Math.min(50 * 2 ** attempt, 2000), signal)
       order = await client.getOrder(order)
     }
+  }
+
+  /**
+   * The profile of an order for an IP address: `shortlived` when the CA offers
+   * it (Let's Encrypt issues for addresses under no other), else options.profile.
+   */
+  async #addressProfile (): Promise<string | undefined> {
+    const { meta } = await this.#readDirectory()
+    return meta?.profiles?.[SHORT_LIVED] !== undefined ? SHORT_LIVED : this.#opts.profile
   }
 
   /**
@@ -427,6 +442,8 @@ export class Issuer {
 /** The first of `solvers` whose type the CA offers for `authz`, with that challenge. */
 function pick (solvers: readonly ChallengeSolver[], authz: acme.Authorization): [ChallengeSolver, acme.Authorization['challenges'][number]] {
   for (const solver of solvers) {
+    // An address has no DNS name to put a record under (RFC 8738).
+    if (authz.identifier.type === 'ip' && solver.type === 'dns-01') continue
     const challenge = authz.challenges.find((c) => c.type === solver.type)
     if (challenge !== undefined) return [solver, challenge]
   }

@@ -4,7 +4,7 @@ import * as acme from 'acme-client'
 import { decodeBundle, encodeBundle, toSecureContext } from '../certificate'
 import { FST_AUTOCERT_CHALLENGE_BUSY } from '../errors'
 import type { Logger } from '../events'
-import { normalizeName } from '../names'
+import { addressOfReverse, normalizeAddress, normalizeName, reverseName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { CorruptLog } from '../store/corrupt-log'
 import { readRecord, type CertStore } from '../store/store'
@@ -77,7 +77,7 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   }
 
   async publish (authz: acme.Authorization, _challenge: { token: string }, keyAuthorization: string): Promise<void> {
-    const name = authz.identifier.value
+    const name = validationName(authz.identifier)
     await this.#withdrawing.get(name)?.catch(() => {})
     // A throwaway P-256 key (about 10 ms; acme-client's default RSA key takes
     // 200-700 ms). Its certificate's key usage would make OpenSSL refuse it for
@@ -89,7 +89,7 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   }
 
   withdraw (authz: acme.Authorization): Promise<void> {
-    const name = authz.identifier.value
+    const name = validationName(authz.identifier)
     this.#local.delete(name)
     const done = this.#store.delete(storeKeys.tlsAlpn01(name)).finally(() => {
       if (this.#withdrawing.get(name) === done) this.#withdrawing.delete(name)
@@ -123,7 +123,20 @@ export class TlsAlpn01Challenges implements ChallengeSolver {
   }
 }
 
-/** The context of a stored challenge: key then certificate, PEM (the certificates' own format). */
+/**
+ * The SNI of the CA's validation connection for `identifier`: its name, or for
+ * an IP address its reverse-mapping name (RFC 8738 section 6).
+ */
+function validationName ({ type, value }: acme.Authorization['identifier']): string {
+  const address = type === 'ip' ? normalizeAddress(value) : undefined
+  return address === undefined ? value : reverseName(address)
+}
+
+/**
+ * The context of a stored challenge for the validation name `name`: key then
+ * certificate, PEM (the certificates' own format), for the name, or the address
+ * a reverse-mapping name stands for.
+ */
 function contextOf (name: string, bundle: Buffer | string): SecureContext {
-  return toSecureContext(decodeBundle(name, storeKeys.tlsAlpn01(name), bundle))
+  return toSecureContext(decodeBundle(addressOfReverse(name) ?? name, storeKeys.tlsAlpn01(name), bundle))
 }

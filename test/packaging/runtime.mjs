@@ -3,7 +3,7 @@
 // import below fails at link time if Node does not find it in the CommonJS module.
 import Fastify from 'fastify'
 import autocert, {
-  ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, SNICallback
+  ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, rfc2136, SNICallback
 } from 'fastify-autocert'
 import * as namespace from 'fastify-autocert'
 
@@ -13,7 +13,7 @@ await app.ready()
 const decorated = typeof app.autocert?.status === 'function' && app.autocert.status().length === 1
 await app.close()
 
-const named = { ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, SNICallback }
+const named = { ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, rfc2136, SNICallback }
 process.stdout.write(JSON.stringify({
   type: typeof autocert,
   skipOverride: autocert[Symbol.for('skip-override')] === true,

@@ -3,8 +3,8 @@
 // node_modules: everything comes from 'fastify-autocert', as in a user's app.
 import Fastify from 'fastify'
 import autocert, {
-  ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, SNICallback,
-  type ALPNCallbackFn, type Autocert, type AutocertEvents, type AutocertOptions, type AutocertServer,
+  ALPNCallback, AzureBlobStore, CHALLENGE_PATH, createAutocert, EncryptedStore, errors, fastifyAutocert, FileStore, MemoryStore, rfc2136, SNICallback,
+  type ALPNCallbackFn, type Dns01Options, type DnsProvider, type DnsRecord, type Rfc2136Options, type TsigAlgorithm, type Autocert, type AutocertEvents, type AutocertOptions, type AutocertServer,
   type AzureBlobConnectionStringOptions, type AzureBlobContainerUrlOptions, type AzureBlobSharedKeyOptions,
   type AzureBlobStoreOptions, type AzureBlobTokenCredentialOptions, type CertificateEvent, type CertificateInfo,
   type CertStore, type ChallengeMiddleware, type ChallengeType, type DomainStatus, type EncryptionOptions, type KeyType,
@@ -96,6 +96,12 @@ export function everyExport (): void {
     challenges,
     logger
   }
+
+  const algorithm: TsigAlgorithm = 'hmac-sha256'
+  const rfc: Rfc2136Options = { server: '192.0.2.53:53', zone: 'example.com', key: { name: 'acme', algorithm, secret: 'c2VjcmV0' } }
+  const own: DnsProvider = { set: async (record: DnsRecord) => { void record.value }, remove: async () => {} }
+  const dns01: Dns01Options[] = [{ provider: rfc2136(rfc) }, { provider: own, timeout: 60_000, nameservers: ['192.0.2.53'] }]
+  void dns01
 
   const credential: TokenCredential = { getToken: async () => ({ token: 't', expiresOnTimestamp: Date.now() + 60_000 }) }
   const byConnectionString: AzureBlobConnectionStringOptions = { connectionString: 'UseDevelopmentStorage=true', container: 'certs' }
