@@ -1,0 +1,101 @@
+// Wildcards through DNS-01 on real components: BIND 9 takes the RFC 2136 updates, Pebble 2.10 looks the TXT record up in it, Azurite holds the certificates.
+import t from 'tap'
+import { AzureBlobStore, rfc2136, type DnsProvider } from '../lib'
+import { eventually, startApp, type TestApp } from './support/app'
+import { startAzurite } from './support/azurite'
+import { startBind } from './support/bind'
+import { startPebble, trustPebble } from './support/pebble'
+import { freePort } from './support/ports'
+import { handshake } from './support/tls'
+
+t.test('wildcards through DNS-01', async (t) => {
+  const bind = await startBind({ zone: 'example.test' })
+  t.teardown(() => bind.stop())
+  const azurite = await startAzurite()
+  t.teardown(() => azurite.stop())
+  const httpPort = await freePort()
+  const pebble = await startPebble({ httpPort, version: '2.10', dnsServer: bind.server, env: { PEBBLE_WFE_NONCEREJECT: '0' } })
+  t.teardown(() => pebble.stop())
+  trustPebble(pebble)
+  const root = await pebble.root()
+  let container = 0
+  const store = (): AzureBlobStore => new AzureBlobStore({ connectionString: azurite.connectionString, container: `wildcard${container++}` })
+  const provider = (): DnsProvider => rfc2136({ server: bind.server, zone: bind.zone, key: { ...bind.tsig, algorithm: 'hmac-sha256' } })
+  const dns01 = { provider: provider(), nameservers: [bind.server], timeout: 20_000 }
+
+  t.test('a wildcard is issued, serves one label below it, and its record is gone after', async (t) => {
+    const shared = store()
+    const before = pebble.orderCount()
+    const started = Date.now()
+    const app = await startApp(pebble, httpPort, shared, { domains: ['*.example.test', 'www.example.test'], dns01 })
+    t.teardown(() => app.app.close())
+    const wildcard = await app.app.autocert.certificate('*.example.test')
+    const wildcardMs = Date.now() - started
+    const exact = await app.app.autocert.certificate('www.example.test')
+    t.not(wildcard.serial, exact.serial, 'the listed name has its own certificate')
+    t.equal(pebble.orderCount() - before, 2, 'one order each')
+
+    const served = await handshake(app.port, 'tenant1.example.test', root)
+    t.equal(served.serial, wildcard.serial, 'a name one label below is served the wildcard')
+    t.ok(served.authorized, 'and its chain verifies for that name')
+    t.equal((await handshake(app.port, 'www.example.test', root)).serial, exact.serial, 'a listed name wins over the wildcard')
+    await t.rejects(handshake(app.port, 'a.b.example.test', root), 'two labels below: not served')
+    await t.rejects(handshake(app.port, 'example.test', root), 'the base name: not served')
+    t.same(await bind.txt('_acme-challenge.example.test'), [], 'the TXT record was removed after validation')
+    t.equal(pebble.orderCount() - before, 2, 'no order for the names the wildcard serves')
+    t.comment(`wildcard issued through DNS-01 in ${wildcardMs} ms`)
+  })
+
+  t.test('three instances, one wildcard: one order', async (t) => {
+    const shared = store()
+    const before = pebble.orderCount()
+    const apps: TestApp[] = []
+    for (let i = 0; i < 3; i++) {
+      const app = await startApp(pebble, httpPort, shared, { domains: ['*.fleet.example.test'], dns01, instanceId: `instance-${i}`, ...(i > 0 ? { http01: undefined } : {}) })
+      t.teardown(() => app.app.close())
+      apps.push(app)
+    }
+    const serials = await Promise.all(apps.map(async (app) => (await handshake(app.port, 'x.fleet.example.test', root)).serial))
+    t.equal(new Set(serials).size, 1, 'every instance serves the same certificate')
+    t.equal(pebble.orderCount() - before, 1, 'one order for the fleet')
+  })
+
+  t.test('a wrong TSIG key is a failed order that names the refusal, and leaves no record', async (t) => {
+    const wrong = rfc2136({ server: bind.server, zone: bind.zone, key: { name: bind.tsig.name, algorithm: 'hmac-sha256', secret: Buffer.alloc(32, 7).toString('base64') } })
+    const app = await startApp(pebble, httpPort, store(), { domains: ['*.wrong.example.test'], dns01: { ...dns01, provider: wrong } })
+    t.teardown(() => app.app.close())
+    const err = await app.app.autocert.certificate('*.wrong.example.test').catch((err: unknown) => err as Error & { code?: string })
+    t.equal(err.code, 'FST_AUTOCERT_ORDER_FAILED')
+    t.match(err.message, /could not set the TXT record _acme-challenge\.wrong\.example\.test: nsupdate exited with 2: .*BADSIG/, 'the DNS server\'s refusal, in the message')
+    t.notMatch(err.message, bind.tsig.secret, 'no secret in the message')
+    t.notMatch(JSON.stringify(app.logs), Buffer.alloc(32, 7).toString('base64'), 'nor in the logs')
+    t.ok(app.app.autocert.status()[0].retryAfter, 'the fleet\'s backoff holds the name')
+    t.same(await bind.txt('_acme-challenge.wrong.example.test'), [])
+  })
+
+  t.test('a provider that never answers times out: a failed order, and removal is still asked for', async (t) => {
+    const calls: string[] = []
+    const hanging: DnsProvider = {
+      set: async (record, signal) => { calls.push(`set ${record.name}`); await new Promise((resolve) => signal.addEventListener('abort', resolve)) },
+      remove: async (record) => { calls.push(`remove ${record.name}`) }
+    }
+    const app = await startApp(pebble, httpPort, store(), { domains: ['*.slow.example.test'], dns01: { provider: hanging, timeout: 500 } })
+    t.teardown(() => app.app.close())
+    const err = await app.app.autocert.certificate('*.slow.example.test').catch((err: unknown) => err as Error & { code?: string })
+    t.equal(err.code, 'FST_AUTOCERT_ORDER_FAILED')
+    t.match(err.message, /could not set the TXT record _acme-challenge\.slow\.example\.test: no answer within 500 ms \(options\.dns01\.timeout\)/)
+    await eventually(() => calls.includes('remove _acme-challenge.slow.example.test'))
+    t.same(calls, ['set _acme-challenge.slow.example.test', 'remove _acme-challenge.slow.example.test'])
+  })
+
+  t.test('a record set but never served fails the order within the timeout, and is removed', async (t) => {
+    // Sets nothing: the servers asked never serve the value.
+    const removed: string[] = []
+    const silent: DnsProvider = { set: async () => {}, remove: async (record) => { removed.push(record.value) } }
+    const app = await startApp(pebble, httpPort, store(), { domains: ['*.unseen.example.test'], dns01: { provider: silent, nameservers: [bind.server], timeout: 1500 } })
+    t.teardown(() => app.app.close())
+    const err = await app.app.autocert.certificate('*.unseen.example.test').catch((err: unknown) => err as Error)
+    t.match(err.message, new RegExp(`set but not served in time: not served by ${bind.server.replace(/\./g, '\\.')} within 1500 ms`))
+    await eventually(() => removed.length === 1)
+  })
+})
