@@ -1,8 +1,9 @@
 // A certificate for an IP address on real Pebble 2.10: the shortlived profile, HTTP-01 by address, and the server's default certificate for clients that send no SNI.
 import { X509Certificate } from 'node:crypto'
 import tls from 'node:tls'
+import Fastify from 'fastify'
 import t from 'tap'
-import { MemoryStore } from '../lib'
+import autocert, { ALPNCallback, MemoryStore, SNICallback } from '../lib'
 import { eventually, startApp } from './support/app'
 import { startPebble, trustPebble } from './support/pebble'
 import { freePort } from './support/ports'
@@ -56,17 +57,34 @@ t.test('an IP address', async (t) => {
   // Renewal: handshakes go on the whole time, and none fails.
   let failed = 0
   let handshakes = 0
-  let running = true
+  const state = { running: true }
   const load = (async () => {
-    while (running) {
+    while (state.running) {
       await byAddress(app.port, root).then(() => { handshakes++ }, () => { failed++ })
     }
   })()
   const renewed = await app.app.autocert.renew('127.0.0.1')
   t.not(renewed.serial, issued.serial, 'a new certificate')
   await eventually(async () => (await byAddress(app.port, root)).serial === renewed.serial)
-  running = false
+  state.running = false
   await load
   t.equal(failed, 0, `no failed handshake during the renewal (${handshakes} made)`)
   t.ok(handshakes > 0)
+})
+
+t.test('an IP address validated with TLS-ALPN-01, on its reverse-mapping name (RFC 8738)', async (t) => {
+  // Pebble validates TLS-ALPN-01 on tlsPort: the app listens on exactly that port, and nothing on port 80's stand-in.
+  const tlsPort = await freePort()
+  const pebble = await startPebble({ httpPort: await freePort(), tlsPort, version: '2.10', env: { PEBBLE_WFE_NONCEREJECT: '0' } })
+  t.teardown(() => pebble.stop())
+  trustPebble(pebble)
+  const app = Fastify({ https: { SNICallback, ALPNCallback } })
+  await app.register(autocert, { domains: ['127.0.0.1'], directoryUrl: pebble.directoryUrl, termsOfServiceAgreed: true, store: new MemoryStore(), challenges: ['tls-alpn-01'] })
+  await app.listen({ port: tlsPort, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const issued = await app.autocert.certificate('127.0.0.1')
+  t.equal(new X509Certificate(issued.chain).checkIP('127.0.0.1'), '127.0.0.1', 'issued for the address')
+  const served = await byAddress(tlsPort, await pebble.root())
+  t.equal(served.serial, issued.serial, 'and served without SNI')
+  t.ok(served.authorized)
 })
