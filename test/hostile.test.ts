@@ -348,9 +348,14 @@ t.test('hostile clients: SNI names, a refusal flood, the challenge route', async
     // A five-digit "port" past 65535 is stripped like a port: lenient, and it still reads only this token's key.
     const lenient = await request(path, `${A}:99999`)
     t.ok(lenient.keys.every((k) => k === tokenKey) && [200, 404].includes(lenient.status), `Host ${A}:99999 -> ${lenient.status}, only the token's key read`)
-    for (const host of ['', 'localhost', '127.0.0.1', '[::1]:80', `${A}/x`, `${A}\\x`, `${A}%00`, '*.example.test', `${A}:123456`, 'a..example.test']) {
+    for (const host of ['', 'localhost', '[::1', '::1', `${A}/x`, `${A}\\x`, `${A}%00`, '*.example.test', `${A}:123456`, 'a..example.test']) {
       const res = await request(path, host)
       t.ok(res.status === 404 && res.keys.length === 0, `Host ${JSON.stringify(host)}: 404 with no lookup`)
+    }
+    // An address may be validated with HTTP-01: its Host is looked up like a name's, and is not the token's host.
+    for (const host of ['127.0.0.1', '[::1]:80']) {
+      const res = await request(path, host)
+      t.ok(res.status === 404 && res.keys.every((k) => k === tokenKey), `Host ${JSON.stringify(host)}: 404, only the token's key read`)
     }
     for (const bad of badTokens) {
       const res = await request(`${CHALLENGE_PATH}${bad}`)
@@ -401,7 +406,7 @@ t.test('hostile clients: SNI names, a refusal flood, the challenge route', async
       const res = await request(path, host)
       t.ok(res.status === 404 && res.keys.length <= 1, `Host ${host}: 404`)
     }
-    for (const host of ['', 'localhost', '127.0.0.1', '[::1]:80', `${A}/x`, `${A}%00`, '*.example.test', `${A}:123456`]) {
+    for (const host of ['', 'localhost', '[::1', `${A}/x`, `${A}%00`, '*.example.test', `${A}:123456`]) {
       const res = await request(path, host)
       t.ok(refusedStatus(res.status) && res.keys.length === 0, `Host ${JSON.stringify(host)}: ${res.status} with no lookup`)
     }

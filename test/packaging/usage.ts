@@ -77,7 +77,7 @@ export function everyExport (): void {
   void badKeyType
   const challenges: ChallengeType[] = ['tls-alpn-01', 'http-01']
   // @ts-expect-error ChallengeType is a closed union
-  const badChallenge: ChallengeType = 'dns-01'
+  const badChallenge: ChallengeType = 'http-02'
   void badChallenge
 
   const onDemand: OnDemandOptions = { allow: async (name) => name.endsWith('.example.com') }
