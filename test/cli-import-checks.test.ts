@@ -92,10 +92,10 @@ t.test('fastify-autocert import: checks, locks and errors', async (t) => {
     t.match(outcome(`issued/a.example.test + ${path.join(work, 'b.chain')}`), [['skipped', undefined, 'the key file holds certificates too: give it as a <path> (a key and its chain in one file)']],
       'a key file with certificates in it is refused')
     t.match(outcome('long.chain'), [['skipped', undefined, /^the bundle takes \d+ bytes, over the 65536 bytes a stored certificate may have$/]], 'a key and a chain too long to store together')
-    t.match(outcome('wildcard.example.test'), [['skipped', undefined, 'no name the plugin can serve (*.wildcard.example.test: a wildcard name: the plugin does not serve wildcard certificates)']], 'a wildcard-only certificate is refused')
+    t.match(outcome('wildcard.example.test'), [['skipped', undefined, 'no name the plugin can serve (*.wildcard.example.test: a wildcard name: import takes none (list it in domains, and the plugin orders it through DNS-01))']], 'a wildcard-only certificate is refused')
     t.match(outcome('/mixed.example.test'), [
       ['imported', 'mixed.example.test', undefined],
-      ['skipped', undefined, '*.mixed.example.test: a wildcard name: the plugin does not serve wildcard certificates']
+      ['skipped', undefined, '*.mixed.example.test: a wildcard name: import takes none (list it in domains, and the plugin orders it through DNS-01)']
     ], 'a certificate with a wildcard among its names: imported under the others, the wildcard reported')
     t.match(outcome('cn-only.example.test'), [['imported', 'cn-only.example.test', undefined]], 'a certificate without subjectAltName: its CN')
     t.match(outcome('ed.example.test'), [['skipped', undefined, 'a ed25519 key: the plugin serves ECDSA and RSA keys']], 'an Ed25519 key is refused')

@@ -165,9 +165,9 @@ t.test('list, show and export against a store the plugin filled', async (t) => {
     const none = await cli(['show', 'nothing.example.test'], env)
     t.equal(none.code, 2, 'a name without a certificate: exit code 2')
     t.match(none.stderr, /^fastify-autocert show: no certificate for nothing\.example\.test in container cli at http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1\n$/, 'one line')
-    const notName = await cli(['show', '10.0.0.1'], env)
+    const notName = await cli(['show', '010.0.0.1'], env)
     t.equal(notName.code, 2)
-    t.equal(notName.stderr, 'fastify-autocert show: "10.0.0.1" is not a host name a certificate is issued for\n')
+    t.equal(notName.stderr, 'fastify-autocert show: "010.0.0.1" is not a host name a certificate is issued for\n')
   })
 
   await t.test('export: the PEM files, the key 0600, never printed', async (t) => {

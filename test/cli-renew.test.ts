@@ -163,7 +163,7 @@ t.test('renew and revoke from the command line, while the fleet runs', async (t)
     oneLineError(t, await inProcess(['renew', DOMAIN, '--max-orders-per-hour', '0'], env), 'renew', /--max-orders-per-hour "0": expected a positive whole number, the fleet's maxOrdersPerHour/)
     oneLineError(t, await inProcess(['renew', DOMAIN], { ...env, ACME_DIRECTORY_URL: undefined }), 'renew',
       /name the fleet's CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL/)
-    oneLineError(t, await inProcess(['renew', '1.2.3.4'], env), 'renew', /"1\.2\.3\.4" is not a host name a CA issues for/)
+    oneLineError(t, await inProcess(['renew', '1.2.3.4.5'], env), 'renew', /"1\.2\.3\.4\.5" is not a name a CA issues for \(a host name, \*\.<host name> or an IP address\)/)
     oneLineError(t, await inProcess(['renew', DOMAIN], { ...env, ACME_DIRECTORY_URL: 'http://insecure.example.test/dir' }), 'renew', /FST_AUTOCERT_INVALID_DIRECTORY_URL: .*/)
     oneLineError(t, await inProcess(['renew', DOMAIN, '--dir', '/nonexistent', '--connection-string', connectionString], env), 'renew', /--dir and --connection-string each name a store: give one/)
     const missing = await inProcess(['renew', DOMAIN], { ...env, AZURE_STORAGE_CONTAINER: 'nosuchcontainer' })

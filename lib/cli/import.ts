@@ -8,7 +8,7 @@ import { systemClock } from '../clock'
 import { FST_AUTOCERT_LOCK_LOST } from '../errors'
 import { errorMessage } from '../events'
 import { FleetLocks } from '../fleet/locks'
-import { normalizeName } from '../names'
+import { normalizeListed, normalizeName } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { isCorrupt, readBounded, type CertStore } from '../store/store'
 import { cliHolder, CliError, EXIT, STORE_FLAGS, STORE_HELP, describeError, type Command, type Output } from './context'
@@ -75,7 +75,7 @@ function notACertificate (file: string): string | undefined {
   if (file.endsWith('+tls-alpn-01') || file.endsWith('+token')) return 'a challenge certificate: not a certificate to serve'
   if (file === storeKeys.orderLog || file.endsWith('+failure') || file.endsWith('+ari')) return 'a fleet record of the plugin: not a certificate'
   const name = file.endsWith('+rsa') ? file.slice(0, -'+rsa'.length) : file
-  return normalizeName(name) === name ? undefined : 'not a certificate key (<name> or <name>+rsa)'
+  return normalizeListed(name) === name ? undefined : 'not a certificate key (<name> or <name>+rsa)'
 }
 
 async function isCertbotName (dir: string): Promise<boolean> {
@@ -185,7 +185,7 @@ function check (candidate: Candidate, now: number): Checked | string {
   const refused: Checked['refused'] = []
   for (const raw of namesOf(leaf)) {
     const name = normalizeName(raw)
-    if (raw.startsWith('*.')) refused.push({ name: raw, reason: 'a wildcard name: the plugin does not serve wildcard certificates' })
+    if (raw.startsWith('*.')) refused.push({ name: raw, reason: 'a wildcard name: import takes none (list it in domains, and the plugin orders it through DNS-01)' })
     else if (name === undefined) refused.push({ name: raw, reason: 'not a host name the plugin serves' })
     else if (!names.includes(name)) names.push(name)
   }

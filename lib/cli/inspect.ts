@@ -5,7 +5,7 @@ import { decodeBundle, type Certificate } from '../certificate'
 import { errorMessage } from '../events'
 import { isSealed } from '../store/encrypted'
 import { certificateKeyOf, storeKeys, storeLimits } from '../store/keys'
-import { normalizeName } from '../names'
+import { normalizeListed } from '../names'
 import { isCorrupt, readBounded } from '../store/store'
 import type { OpenedStore } from './context'
 
@@ -22,7 +22,7 @@ export type StoredCertificate =
 export function certificateKeys (keys: readonly string[]): Array<{ storeKey: string, name: string, keyType: KeyType }> {
   return keys.flatMap((storeKey) => {
     const parsed = certificateKeyOf(storeKey)
-    return parsed !== undefined && normalizeName(parsed.name) === parsed.name ? [{ storeKey, ...parsed }] : []
+    return parsed !== undefined && normalizeListed(parsed.name) === parsed.name ? [{ storeKey, ...parsed }] : []
   })
 }
 
@@ -49,7 +49,7 @@ export async function readCertificate (opened: OpenedStore, storeKey: string, na
 
 /** The certificate of `domain` for each key type stored, ECDSA first; `undefined` for a name that is not one. */
 export async function readDomain (opened: OpenedStore, domain: string): Promise<StoredCertificate[] | undefined> {
-  const name = normalizeName(domain)
+  const name = normalizeListed(domain)
   if (name === undefined) return undefined
   const found: StoredCertificate[] = []
   for (const keyType of ['ecdsa', 'rsa'] as const) {

@@ -2,7 +2,7 @@
 import type { KeyType } from '../acme/issuer'
 import { createAutocert, REVOCATION_REASONS, type AutocertServer, type RevocationReason } from '../autocert'
 import type { DomainStatus, Logger } from '../events'
-import { normalizeName } from '../names'
+import { normalizeListed } from '../names'
 import { storeKeys, storeLimits } from '../store/keys'
 import { readBounded, type CertStore } from '../store/store'
 import { CA_FLAGS, CA_HELP, caDirectories, cliHolder, CliError, EXIT, STORE_FLAGS, STORE_HELP, text, type Command, type CommandContext, type Output, type Values } from './context'
@@ -51,8 +51,8 @@ interface OrderSettings {
 
 /** The order's settings from the flags over the environment (the example server's variables). Throws CliError for a bad one. */
 function orderSettings (values: Values, positionals: string[], env: NodeJS.ProcessEnv): OrderSettings {
-  const domain = normalizeName(positionals[0] as string)
-  if (domain === undefined) throw new CliError(`${JSON.stringify(positionals[0])} is not a host name a CA issues for`)
+  const domain = normalizeListed(positionals[0] as string)
+  if (domain === undefined) throw new CliError(`${JSON.stringify(positionals[0])} is not a name a CA issues for (a host name, *.<host name> or an IP address)`)
   // No default: another CA than the fleet's would register the fleet's key there as a new account.
   const urls = caDirectories(values, env)
   if (urls === undefined) throw new CliError('name the fleet\'s CA, where its account is registered: --directory-url or ACME_DIRECTORY_URL')
