@@ -57,6 +57,14 @@ t.test('wildcards through DNS-01', async (t) => {
     t.comment(`wildcard issued through DNS-01 in ${wildcardMs} ms`)
   })
 
+  t.test('HTTP-01 for one name on the same CA, for comparison', async (t) => {
+    const started = Date.now()
+    const app = await startApp(pebble, httpPort, store(), { domains: ['one.example.test'] })
+    t.teardown(() => app.app.close())
+    t.ok((await handshake(app.port, 'one.example.test', root)).authorized, 'served')
+    t.comment(`one name issued through HTTP-01 in ${Date.now() - started} ms`)
+  })
+
   t.test('three instances, one wildcard: one order', async (t) => {
     const shared = store()
     const before = pebble.orderCount()

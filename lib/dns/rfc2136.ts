@@ -81,7 +81,7 @@ function nsupdate (command: string, script: string, secret: string, signal: Abor
 }
 
 function checked (options: Rfc2136Options): Rfc2136Options {
-  const invalid = (name: string, rule: string): TypeError => new FST_AUTOCERT_INVALID_OPTION(`rfc2136 ${name}`, rule)
+  const invalid = (name: string, rule: string): TypeError => new FST_AUTOCERT_INVALID_OPTION(`dns01.provider: rfc2136 ${name}`, rule)
   const { server, zone, key, ttl, command } = options ?? {}
   if (typeof server !== 'string' || splitServer(server).length === 0) throw invalid('server', 'must be a host name or IP address, with an optional port: \'ns1.example.com\', \'192.0.2.53:53\', \'[2001:db8::53]:53\'')
   if (zone !== undefined && (typeof zone !== 'string' || normalizeName(zone) === undefined)) throw invalid('zone', 'must be a DNS name such as \'example.com\'')
