@@ -37,6 +37,10 @@ t.test('the drill: every window moved to the past; three instances, maxOrdersPer
 
   // Pebble is told: renew every certificate now.
   const container = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(CONTAINER)
+  const WITHOUT_REPLACES = [
+    'the CA refused the order\'s replaces: ordering without it',
+    'the CA says the certificate was replaced already, and the store has no replacement: ordering without replaces'
+  ]
   const past = { start: new Date(Date.now() - 3_600_000), end: new Date(Date.now() - 3_599_000) }
   const leaves = new Map<string, string>()
   for (const domain of DOMAINS) {
@@ -57,7 +61,11 @@ t.test('the drill: every window moved to the past; three instances, maxOrdersPer
   t.ok([...after].every(([domain, serials]) => serials.every((s) => s !== before.get(domain)?.[0])), `every instance serves a new certificate for every domain, ${seconds.toFixed(1)} s after Pebble was told`)
   for (const [domain, serials] of after) t.equal(new Set(serials).size, 1, `${domain}: the same new certificate on all three`)
   t.equal(pebble.orderCount(), 40, 'exactly 20 renewal orders, though the budget of 5 an hour was spent')
-  t.equal(pebble.replacementCount(), 20, 'each one naming the certificate it replaces (replaces)')
+  // Pebble 2.10 answers a `replaces` with serverInternal for about one certificate in 200 (lib/acme/issuer.ts): the
+  // plugin then orders once without it, and says so. Such an order is still one of the 20, and still exempt.
+  const orderedWithout = instances.flatMap((i) => i.logs).filter((l) => WITHOUT_REPLACES.includes(String(l.msg)))
+  t.ok(orderedWithout.length <= 2, `at most a rare order without replaces (${orderedWithout.length})`)
+  t.equal(pebble.replacementCount() + orderedWithout.length, 20, 'each one naming the certificate it replaces (replaces), or saying why it could not')
   const exempt = instances.flatMap((i) => i.logs).filter((l) => l.msg === 'ordering certificate' && l.exempt === true)
   t.equal(exempt.length, 20, 'each exempt from the budget')
   t.ok(instances.flatMap((i) => i.logs).some((l) => l.msg === 'the CA moved the renewal window' && l.explanationURL === 'https://ca.example.test/incident'), 'the moved window is logged, with its explanation')
