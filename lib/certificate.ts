@@ -4,19 +4,39 @@ import { isIP } from 'node:net'
 import { createSecureContext, type SecureContext } from 'node:tls'
 import { FST_AUTOCERT_CORRUPT } from './errors'
 
-/** A certificate with its private key, as kept in memory and in the store. */
-export interface Certificate {
+/**
+ * What is known of a certificate without its key and chain: enough to
+ * schedule its renewal and report it. The manager keeps only this of a
+ * certificate no handshake has needed for a while (options.contextCacheSize),
+ * and reads the whole bundle from the store again when one does, or when the
+ * CA must be asked about it.
+ */
+export interface CertificateInfo {
   /** The normalised host name it was issued for. */
   readonly name: string
-  /** PEM private key. Never logged. */
-  readonly key: string
-  /** PEM chain, leaf first. */
-  readonly chain: string
   /** Leaf serial number, upper-case hex. */
   readonly serial: string
   /** Validity window of the leaf, in milliseconds since the epoch. */
   readonly notBefore: number
   readonly notAfter: number
+}
+
+/** A certificate with its private key, as kept in memory and in the store. */
+export interface Certificate extends CertificateInfo {
+  /** PEM private key. Never logged. */
+  readonly key: string
+  /** PEM chain, leaf first. */
+  readonly chain: string
+}
+
+/** Whether `cert` has its key and chain. */
+export function isWhole (cert: CertificateInfo): cert is Certificate {
+  return 'chain' in cert
+}
+
+/** `cert` without its key and chain. */
+export function infoOf ({ name, serial, notBefore, notAfter }: CertificateInfo): CertificateInfo {
+  return { name, serial, notBefore, notAfter }
 }
 
 const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n[A-Za-z0-9+/=\r\n]+-----END \1-----/g

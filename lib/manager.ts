@@ -2,7 +2,7 @@
 import type { SecureContext } from 'node:tls'
 import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo, type RenewalWindow } from './acme/ari'
 import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
-import { decodeBundle, encodeBundle, toSecureContext, type Certificate } from './certificate'
+import { decodeBundle, encodeBundle, infoOf, isWhole, toSecureContext, type Certificate, type CertificateInfo } from './certificate'
 import { systemClock, timeoutSignal, type Clock, type Timer } from './clock'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
@@ -18,7 +18,7 @@ import { LockQueue } from './fleet/lock-queue'
 import { FleetLocks, type LockKind, type LockWaitListener } from './fleet/locks'
 import { RenewalInfoRecords, type RenewalInfoRecord } from './fleet/renewal-info'
 import { Limiter } from './limiter'
-import { normalizeName, wildcardOf } from './names'
+import { isAddress, normalizeName, wildcardOf } from './names'
 import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
@@ -51,7 +51,7 @@ export interface CertificateSource {
    * directory says (no request per certificate). False spares the fleet's
    * record and the name's lock; without this method, it is taken to.
    */
-  offersRenewalInfo? (cert: Certificate): Promise<boolean>
+  offersRenewalInfo? (cert: CertificateInfo): Promise<boolean>
   /** Revokes `cert` at the CA (`reason`: an RFC 5280 CRLReason code). */
   revoke? (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void>
 }
@@ -79,6 +79,8 @@ interface Site {
   readonly slots: Slot[]
   /** Not listed: allowed on demand, and dropped from memory when least recently used. */
   readonly onDemand?: true
+  /** An IP address: its certificates are the server's default ones (a client without SNI), kept whole, never cooled. */
+  readonly pinned?: true
   /** This process's takers of the name's lock. */
   readonly lockQueue: LockQueue
   /** The TLS contexts of the slots, primary first, once every slot has one; cleared when a slot adopts a new certificate. */
@@ -104,7 +106,12 @@ interface Slot {
   /** storeKeys.certificate(name, type). */
   readonly key: string
   lockHolder?: string
-  cert?: Certificate
+  /**
+   * The certificate served: whole (key and chain) while its site is among the
+   * contextCacheSize most recently used, else what is known of it without
+   * them (read whole again from the store when needed: #certificate).
+   */
+  cert?: Certificate | CertificateInfo
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
   context?: SecureContext
   renewAt?: number
@@ -171,8 +178,12 @@ export class CertificateManager {
   readonly #backgroundLimit: Limiter
   readonly #closing = new AbortController()
   #started = false
-  /** The sites holding TLS contexts, least recently served first: at most contextCacheSize (a Set keeps insertion order). */
-  readonly #contextHolders = new Set<Site>()
+  /**
+   * The sites whose certificates are kept whole (and their TLS contexts, once
+   * built), least recently used first: at most contextCacheSize (a Set keeps
+   * insertion order). The others keep what is known of their certificates.
+   */
+  readonly #warm = new Set<Site>()
   /** The store reads of prewarm(), which may outlast it (prewarmTimeout): start() orders after them. */
   #prewarming: Promise<void> | undefined
   /** When a wrong clock was last logged (at most once per CLOCK_RECHECK for the process). */
@@ -201,7 +212,7 @@ export class CertificateManager {
     const site = this.#sites.get(servername) ?? this.#covering(servername)
     if (site?.contexts !== undefined && (site.expires as number) > this.#clock.now()) {
       if (site.onDemand) this.#onDemand?.touch(site.name, site)
-      this.#holdsContexts(site)
+      this.#touch(site)
       serve(site.contexts, cb, socket)
       return
     }
@@ -255,7 +266,7 @@ export class CertificateManager {
     const revoke = issuer.revoke?.bind(issuer)
     if (revoke === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, 'this certificate source cannot revoke')
     const [primary] = await Promise.all(site.slots.map(async (slot) => {
-      const old = this.#live(slot.cert) ? slot.cert : await this.#load(slot)
+      const old = this.#live(slot.cert) && isWhole(slot.cert) ? slot.cert : await this.#load(slot)
       if (old === undefined) throw new FST_AUTOCERT_REVOKE_FAILED(site.name, `there is no ${slot.type} certificate to revoke`)
       // Replaced first: the old one is served until its replacement is, never nothing.
       const replacement = await this.#renewed(slot)
@@ -273,9 +284,9 @@ export class CertificateManager {
     return primary
   }
 
-  /** The live certificates of the listed `name` in memory, the primary key type's first: none before they are loaded. */
+  /** The live certificates of the listed `name` kept whole in memory, the primary key type's first: none before they are loaded. */
   current (name: string): Certificate[] {
-    return (this.#sites.get(name)?.slots ?? []).flatMap((slot) => this.#live(slot.cert) ? [slot.cert] : [])
+    return (this.#sites.get(name)?.slots ?? []).flatMap((slot) => this.#live(slot.cert) && isWhole(slot.cert) ? [slot.cert] : [])
   }
 
   status (): DomainStatus[] {
@@ -352,7 +363,7 @@ export class CertificateManager {
   }
 
   #site (name: string, onDemand?: true): Site {
-    const site: Site = { name, slots: [], onDemand, lockQueue: new LockQueue() }
+    const site: Site = { name, slots: [], onDemand, pinned: isAddress(name) || undefined, lockQueue: new LockQueue() }
     for (const type of this.#opts.keyType) site.slots.push({ site, name, type, key: storeKeys.certificate(name, type) })
     return site
   }
@@ -406,24 +417,36 @@ export class CertificateManager {
     }
     this.#onDemand?.delete(site.name)
     this.#sites.delete(site.name)
-    this.#dropContexts(site)
+    this.#warm.delete(site)
   }
 
   /**
-   * Marks `site`'s TLS contexts as just served; past contextCacheSize sites,
-   * the least recently served one's are freed.
+   * Marks `site` as just used (served, or a certificate of it read whole);
+   * past contextCacheSize sites, the least recently used one is cooled.
    */
-  #holdsContexts (site: Site): void {
-    this.#contextHolders.delete(site)
-    this.#contextHolders.add(site)
-    if (this.#contextHolders.size > this.#opts.contextCacheSize) this.#dropContexts(this.#contextHolders.values().next().value as Site)
+  #touch (site: Site): void {
+    if (site.pinned) return
+    this.#warm.delete(site)
+    this.#warm.add(site)
+    if (this.#warm.size > this.#opts.contextCacheSize) this.#cool(this.#warm.values().next().value as Site)
   }
 
-  /** Frees `site`'s TLS contexts: its next handshake builds them again from the certificates in memory (no store call). */
-  #dropContexts (site: Site): void {
-    this.#contextHolders.delete(site)
+  /**
+   * Frees `site`'s TLS contexts and the keys and chains of its certificates,
+   * keeping what is known of them: its next handshake reads them from the
+   * store again (one read per name) and builds the contexts. Work in flight
+   * keeps the certificate it holds; a read or an order of the name ends with
+   * it whole again. A certificate not stored yet stays whole (the store has no
+   * copy): #persist touches the site once it is stored.
+   */
+  #cool (site: Site): void {
+    this.#warm.delete(site)
     site.contexts = undefined
-    for (const slot of site.slots) slot.context = undefined
+    for (const slot of site.slots) {
+      slot.context = undefined
+      const { cert } = slot
+      if (cert !== undefined && isWhole(cert) && slot.unsaved !== true) slot.cert = infoOf(cert)
+    }
   }
 
   /**
@@ -440,8 +463,8 @@ export class CertificateManager {
     // again (cheap: a slot held back refuses from memory, a failed read is repeated for a second).
     if (contexts.length === site.slots.length) {
       site.contexts = contexts
-      site.expires = Math.min(...site.slots.map((slot) => (slot.cert as Certificate).notAfter))
-      this.#holdsContexts(site)
+      site.expires = Math.min(...site.slots.map((slot) => (slot.cert as CertificateInfo).notAfter))
+      this.#touch(site)
     }
     return contexts
   }
@@ -463,13 +486,18 @@ export class CertificateManager {
       slot.cert = undefined
       slot.context = toSecureContext(await this.#order(slot, { until: 'in-memory' }))
     }
-    this.#holdsContexts(slot.site)
+    this.#touch(slot.site)
     return slot.context
   }
 
-  /** A live certificate: memory, then store, then a new order. */
+  /** A live certificate, whole: memory, then store, then a new order. */
   async #certificate (slot: Slot, until: Until): Promise<Certificate> {
-    if (this.#live(slot.cert)) return slot.cert
+    if (this.#live(slot.cert)) {
+      if (isWhole(slot.cert)) return slot.cert
+      // Cooled: its key and chain are read again, joining a read in flight.
+      const cert = await this.#load(slot)
+      if (cert !== undefined && this.#live(cert)) return cert
+    }
     // Held back (failures, or the order budget): refuse from memory. The store
     // is still looked at now and then, since another instance may have succeeded.
     const refusal = this.#refusal(slot)
@@ -486,7 +514,7 @@ export class CertificateManager {
     return this.#order(slot, { until })
   }
 
-  /** Reads the store (one read in flight per name) and adopts a live certificate found there. */
+  /** Reads the store (one read in flight per name) and adopts a live certificate found there; resolves with the slot's certificate, whole, if any. */
   #load (slot: Slot): Promise<Certificate | undefined> {
     slot.loading ??= this.#read(slot).finally(() => { slot.loading = undefined })
     return slot.loading
@@ -528,12 +556,17 @@ export class CertificateManager {
       slot.reported = true
       return undefined
     }
-    if (slot.cert === undefined || (current && slot.unsaved !== true ? cert.serial !== slot.cert.serial : newer(cert, slot.cert))) {
+    const known = slot.cert
+    if (known !== undefined && !isWhole(known) && known.serial === cert.serial) {
+      // A cooled certificate, read whole again: nothing else about it changes.
+      slot.cert = cert
+      this.#touch(slot.site)
+    } else if (known === undefined || !isWhole(known) || (current && slot.unsaved !== true ? cert.serial !== known.serial : newer(cert, known))) {
       this.#adopt(slot, cert)
       log.info(certFields(slot, cert), 'certificate loaded')
       this.events.tell('loaded', certFields(slot, cert))
     }
-    return slot.cert
+    return slot.cert as Certificate
   }
 
   /**
@@ -594,7 +627,7 @@ export class CertificateManager {
         this.#read(slot, true),
         force ? undefined : this.#failures.read(slot.key)
       ])
-      if (stored !== undefined && (force ? stored !== had : !this.#due(slot))) {
+      if (stored !== undefined && (force ? stored.serial !== had?.serial : !this.#due(slot))) {
         // A retry timer may have replaced the renewal timer: arm it again.
         if (slot.timer === undefined) this.#schedule(slot, slot.renewAt as number)
         return stored
@@ -603,18 +636,18 @@ export class CertificateManager {
       // No account, no order: a failure of the order's (the fleet's backoff), with no budget spent on it.
       if (unprepared !== undefined) throw await this.#orderFailed(slot, unprepared, lock.signal)
       if (skew !== undefined) throw this.#clockRefusal(slot, skew)
-      // The certificate this order replaces, and the CA's window it answers, if it has started.
-      const replaced = slot.cert
+      // The certificate this order replaces (whole, as the CA is told of it, unless the store lost it), and the CA's window it answers, if it has started.
+      const replaced = slot.cert !== undefined && isWhole(slot.cert) ? slot.cert : undefined
       let answered = this.#answeredWindow(slot)
       // A renewal the CA asked for is exempt from the budget (as Let's Encrypt exempts it from its limits), once per window.
       let exempt = answered !== undefined && this.#exempt(slot)
       if (exempt) {
         // On the CA's word, not the store's: a record planted in the store must not order exempt renewals for every
         // name. The window is asked for once more; without the CA's answer, the order counts against the budget.
-        const confirmed = await this.#askRenewalInfo(slot, replaced as Certificate, slot.ari, undefined, lock.signal).catch(() => false)
+        const confirmed = replaced !== undefined && await this.#askRenewalInfo(slot, replaced, slot.ari, undefined, lock.signal).catch(() => false)
         answered = confirmed ? this.#answeredWindow(slot) : undefined
         exempt = answered !== undefined && this.#exempt(slot)
-        if (confirmed && !force && !this.#due(slot)) return replaced as Certificate
+        if (confirmed && !force && !this.#due(slot)) return replaced
       }
       // The name's last exempt renewal goes on to the next certificate's record, so that exempt renewals stay EXEMPT_SPACING apart.
       const exemptAt = exempt ? this.#clock.now() : slot.ari?.origin?.exemptAt
@@ -682,7 +715,8 @@ export class CertificateManager {
         this.#schedule(slot, slot.renewAt as number)
       }
       slot.unsaved = false
-      this.#opts.log.info(certFields(slot, slot.cert as Certificate), ours ? 'certificate stored' : 'adopted a newer stored certificate')
+      this.#touch(slot.site)
+      this.#opts.log.info(certFields(slot, slot.cert as CertificateInfo), ours ? 'certificate stored' : 'adopted a newer stored certificate')
     } finally {
       await lock.release()
     }
@@ -789,6 +823,7 @@ export class CertificateManager {
     slot.ariCheckAt = checkRenewalInfo && this.#opts.issuer.renewalInfo !== undefined ? this.#clock.now() : undefined
     this.#schedule(slot, slot.renewAt)
     this.#opts.adopted?.(slot.name)
+    this.#touch(slot.site)
   }
 
   /**
@@ -798,7 +833,7 @@ export class CertificateManager {
    * looked due when it was issued waits (renewNotBefore).
    */
   #renewalTime (slot: Slot): number {
-    const cert = slot.cert as Certificate
+    const cert = slot.cert as CertificateInfo
     const lifetime = slot.lifetimeRenewAt as number
     const ari = this.#usableRecord(slot)
     // A window that reaches the certificate's expiry is done with by the time a tenth of the lifetime remains.
@@ -861,7 +896,7 @@ export class CertificateManager {
       if (!(err instanceof ReplacesRefusedError)) throw err
       if (err.alreadyReplaced) {
         const stored = await this.#read(slot, true)
-        if (stored !== undefined && stored !== replaces && !this.#due(slot)) return stored
+        if (stored !== undefined && stored.serial !== replaces?.serial && !this.#due(slot)) return stored
       }
       this.#opts.log.warn({ domain: slot.name, serial: replaces?.serial, error: errorFields(err) },
         err.alreadyReplaced ? 'the CA says the certificate was replaced already, and the store has no replacement: ordering without replaces' : 'the CA refused the order\'s replaces: ordering without it')
@@ -977,7 +1012,7 @@ export class CertificateManager {
     if (issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
     try {
       // A CA without renewal windows costs the store nothing: its directory says so, no record or lock is needed.
-      if (await issuer.offersRenewalInfo?.(slot.cert as Certificate).catch(() => true) === false) {
+      if (await issuer.offersRenewalInfo?.(slot.cert as CertificateInfo).catch(() => true) === false) {
         slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.max
         return
       }
@@ -988,7 +1023,9 @@ export class CertificateManager {
         const record = await this.#currentRecord(slot)
         const checked = this.#fresh(slot, record)
         if (checked !== undefined) return this.#useRenewalInfo(slot, checked)
-        const cert = slot.cert as Certificate
+        // The CA is asked by the chain: a cooled certificate is read whole again (the store has none: its renewal orders one).
+        const cert = slot.cert !== undefined && isWhole(slot.cert) ? slot.cert : await this.#read(slot, true)
+        if (cert === undefined) return
         await this.#askRenewalInfo(slot, cert, record?.serial === cert.serial ? record : undefined, undefined, lock.signal)
       } finally {
         await lock.release()
@@ -1141,7 +1178,7 @@ export class CertificateManager {
     await Promise.all(Array.from({ length: Math.min(this.#opts.concurrency, queue.length) }, worker))
   }
 
-  #live (cert: Certificate | undefined): cert is Certificate {
+  #live<C extends CertificateInfo> (cert: C | undefined): cert is C {
     return cert !== undefined && cert.notAfter > this.#clock.now()
   }
 
@@ -1173,11 +1210,11 @@ function date (ms: number | undefined): Date | undefined {
 }
 
 /** Issuance order: a certificate issued later wins, whatever its lifetime. */
-function newer (a: Certificate, b: Certificate): boolean {
+function newer (a: CertificateInfo, b: CertificateInfo): boolean {
   return a.notBefore > b.notBefore || (a.notBefore === b.notBefore && a.serial > b.serial)
 }
 
 /** A certificate as events and log lines show it (never its key). */
-function certFields (slot: Slot, cert: Certificate): CertificateEvent {
+function certFields (slot: Slot, cert: CertificateInfo): CertificateEvent {
   return { domain: cert.name, keyType: slot.type, serial: cert.serial, notAfter: new Date(cert.notAfter) }
 }

@@ -128,10 +128,13 @@ export interface AutocertOptions {
    */
   prewarmTimeout?: number
   /**
-   * How many names keep their TLS contexts in memory (each about 24 KiB per
-   * key type). Past it, the least recently served name's are freed, and its
-   * next handshake builds them again from the certificate in memory (about a
-   * millisecond of CPU, no store call). Default: 10000.
+   * How many names keep their certificates ready to serve: keys, chains and,
+   * once built, TLS contexts (each about 24 KiB per key type). Past it, the
+   * least recently used name's are freed, keeping only what its renewal needs
+   * (serial and validity); its next handshake reads its certificate from the
+   * store again (one read per name in flight) and builds its contexts. A
+   * listed IP address is never freed (it is the server's default
+   * certificate). Default: 10000.
    */
   contextCacheSize?: number
   /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */

@@ -1,5 +1,5 @@
 // Several CAs in order of preference: an order the first cannot serve goes to the next.
-import type { Certificate } from '../certificate'
+import { isWhole, type Certificate, type CertificateInfo } from '../certificate'
 import { errorFields, type Logger } from '../events'
 import type { LockWaitListener } from '../fleet/locks'
 import { authorityKeyId, type RenewalInfo } from './ari'
@@ -92,8 +92,8 @@ export class FallbackIssuer {
     return undefined
   }
 
-  /** The issuing CA's directory when it is known, else whether any CA's has `renewalInfo` (one of them may know `cert`). */
-  async offersRenewalInfo (cert: Certificate): Promise<boolean> {
+  /** The issuing CA's directory when it is known (from the chain, when `cert` has it), else whether any CA's has `renewalInfo` (one of them may know `cert`). */
+  async offersRenewalInfo (cert: CertificateInfo): Promise<boolean> {
     const known = this.#known(cert)
     if (known !== undefined) return await this.#issuers[known].offersRenewalInfo()
     const offers = await Promise.all(this.#issuers.map((issuer) => issuer.offersRenewalInfo().catch(() => true)))
@@ -124,8 +124,8 @@ export class FallbackIssuer {
     if (keyId !== undefined) this.#issuerOf.set(keyId, i)
   }
 
-  #known (cert: Certificate): number | undefined {
-    const keyId = authorityKeyId(cert.chain)
+  #known (cert: CertificateInfo): number | undefined {
+    const keyId = isWhole(cert) ? authorityKeyId(cert.chain) : undefined
     return keyId === undefined ? undefined : this.#issuerOf.get(keyId)
   }
 }

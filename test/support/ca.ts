@@ -6,6 +6,7 @@
  * certificates whose validity follows its own clock, so they are signed here.
  */
 import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto'
+import { isIPv4 } from 'node:net'
 
 export interface Issued {
   /** PKCS#8 PEM private key. */
@@ -54,7 +55,7 @@ export function createCa (commonName = 'fastify-autocert test CA'): TestCa {
           extension('2.5.29.19', true, seq()), // basicConstraints: not a CA
           extension('2.5.29.15', true, tlv(0x03, Buffer.from([0x07, 0x80]))), // keyUsage digitalSignature
           extension('2.5.29.37', false, seq(oid('1.3.6.1.5.5.7.3.1'))), // extKeyUsage serverAuth
-          extension('2.5.29.17', false, seq(tlv(0x82, Buffer.from(name, 'ascii')))) // subjectAltName dNSName
+          extension('2.5.29.17', false, seq(altName(name))) // subjectAltName
         ]
       })
       return {
@@ -63,6 +64,11 @@ export function createCa (commonName = 'fastify-autocert test CA'): TestCa {
       }
     }
   }
+}
+
+/** A subjectAltName entry: iPAddress (its 4 bytes) for an IPv4 address, else dNSName. */
+function altName (name: string): Buffer {
+  return isIPv4(name) ? tlv(0x87, Buffer.from(name.split('.').map(Number))) : tlv(0x82, Buffer.from(name, 'ascii'))
 }
 
 interface CertificateFields {

@@ -242,3 +242,24 @@ t.test('revoke(): replaced first, then revoked with its reason; the other instan
   t.equal(b.manager.status()[0].serial, replacement.serial, 'and adopts the replacement at its next check')
   t.equal(orders(units).length, 2, 'one replacement order')
 })
+
+t.test('a cooled certificate: the fleet\'s record is read without its key and chain; to ask the CA, it is read whole first', async (t) => {
+  const B = 'b.example.test'
+  const units = fleet(2, { domains: [A, B], contextCacheSize: 1 })
+  t.teardown(async () => { for (const u of units) await u.manager.close() })
+  for (const unit of units) unit.issuer.answer = () => ({ window: { start: unit.clock.now() + 30 * DAY, end: unit.clock.now() + 31 * DAY }, retryAfter: 6 * HOUR })
+  const [first, second] = units
+  const get = first.store.get.bind(first.store)
+  const reads: string[] = []
+  first.store.get = async (key, options) => { reads.push(key); return await get(key, options) }
+  await startAll(units)
+  t.same(second.manager.current(A), [], 'the second instance keeps a cooled, the most recent being b')
+  reads.length = 0
+  const before = checks(units)
+  // 6 hours on: one instance asks the CA per certificate, the other reads its answer.
+  await first.clock.advance(6 * HOUR + 6 * MIN)
+  t.equal(checks(units) - before, 2, 'each certificate asked for once more, for the fleet')
+  const certificateReads = reads.filter((key) => key === A).length
+  t.ok(certificateReads <= 1, `a's certificate read whole at most once, by the instance that asked the CA without it (${certificateReads})`)
+  t.equal(orders(units).length, 2, 'nothing ordered')
+})
