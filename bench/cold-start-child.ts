@@ -19,6 +19,8 @@ export interface ColdStartInput {
   count: number
   concurrency: number
   directoryUrl: string
+  /** The plugin's contextCacheSize (its default when omitted). */
+  contextCacheSize?: number
 }
 
 export interface ColdStartOutput {
@@ -71,7 +73,13 @@ async function run (input: ColdStartInput): Promise<ColdStartOutput> {
   const t0 = performance.now()
   if (app !== undefined) {
     await app.register(autocert, {
-      domains, store, termsOfServiceAgreed: true, directoryUrl: input.directoryUrl, concurrency: input.concurrency, logger
+      domains,
+      store,
+      termsOfServiceAgreed: true,
+      directoryUrl: input.directoryUrl,
+      concurrency: input.concurrency,
+      logger,
+      ...(input.contextCacheSize === undefined ? {} : { contextCacheSize: input.contextCacheSize })
     })
     await app.ready()
     readyMs = performance.now() - t0
