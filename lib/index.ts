@@ -79,6 +79,8 @@ declare namespace fastifyAutocert {
   export type LockOptions = store.LockOptions
   export type LockState = store.LockState
   export type GetOptions = store.GetOptions
+  export type PutOptions = store.PutOptions
+  export type StoreEntry = store.StoreEntry
   export type MemoryStore = memoryStore.MemoryStore
   export type FileStore = fileStore.FileStore
   export type AzureBlobStore = azureBlob.AzureBlobStore

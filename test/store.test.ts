@@ -18,6 +18,7 @@ import {
 import t from 'tap'
 import { AzureBlobStore, type AzureBlobStoreOptions } from '../lib/store/azure-blob'
 import type { Logger } from '../lib/events'
+import { CodedStore } from '../lib/store/coded'
 import { CorruptLog } from '../lib/store/corrupt-log'
 import { EncryptedStore } from '../lib/store/encrypted'
 import { FileStore } from '../lib/store/file'
@@ -168,6 +169,30 @@ function conformance (parent: tap.Test, name: string, make: (t: tap.Test) => Pro
         }
       })
     }
+
+    t.test('metadata: kept with its value, listed by entries() without it, gone with a write that has none', async (t) => {
+      const { store } = await make(t)
+      if (store.entries === undefined) {
+        t.ok(store instanceof FileStore, 'only FileStore lists no metadata: the plugin reads each value instead')
+        return
+      }
+      const entries = async (prefix?: string): Promise<Array<{ key: string, metadata?: Record<string, string> }>> => {
+        const found = []
+        for await (const entry of (store.entries as NonNullable<CertStore['entries']>)(prefix)) found.push(entry)
+        return found.sort((a, b) => a.key.localeCompare(b.key))
+      }
+      const fields = { autocert_serial: '0A1B', autocert_notafter: '2027-03-03T05:40:00.000Z' }
+      await store.put('a.example.com', 'x', { metadata: fields })
+      await store.put('b.example.com', 'y')
+      await store.put('tok+http-01', 'z', { metadata: { kind: 'answer' } })
+      const lock = await store.lock('a.example.com')
+      t.teardown(() => lock.release())
+      t.same(await entries(), [{ key: 'a.example.com', metadata: fields }, { key: 'b.example.com' }, { key: 'tok+http-01', metadata: { kind: 'answer' } }], 'every key once, locks not listed')
+      t.same(await entries('tok'), [{ key: 'tok+http-01', metadata: { kind: 'answer' } }], 'with a prefix')
+      t.equal((await store.get('a.example.com'))?.toString(), 'x', 'the value is as written')
+      await store.put('a.example.com', 'x2')
+      t.same((await entries('a.'))[0], { key: 'a.example.com' }, 'a write without metadata leaves none')
+    })
 
     t.test('a second lock() waits until the first releases', async (t) => {
       const { store } = await make(t)
@@ -974,6 +999,43 @@ t.test('FileStore specifics', async (t) => {
     await sleep(50)
     t.same([...timers.values()], [], 'no timer of the store is left')
   })
+})
+
+t.test('metadata through the coded and sealed wrappers, on Azurite: signed by the encryption key, dropped when altered or signed by another', async (t) => {
+  const container = freshContainer()
+  const inner = new AzureBlobStore({ connectionString: azurite.connectionString, container })
+  t.teardown(() => inner.close())
+  const key = randomBytes(32)
+  const store = new EncryptedStore(new CodedStore(inner), { key })
+  const listed = async (s: CertStore): Promise<Record<string, Record<string, string> | undefined>> => {
+    const found: Record<string, Record<string, string> | undefined> = {}
+    for await (const { key, metadata } of (s.entries as NonNullable<CertStore['entries']>)()) found[key] = metadata
+    return found
+  }
+  const fields = { autocert_serial: '0A1B', autocert_notafter: '2027-03-03T05:40:00.000Z' }
+  await store.put('a.example.com', 'x', { metadata: fields })
+  await store.put('b.example.com', 'y', { metadata: fields })
+  await store.put('c.example.com', 'z')
+  t.same(await listed(store), { 'a.example.com': fields, 'b.example.com': fields, 'c.example.com': undefined }, 'read back as written, the signature taken off')
+  const raw = (await listed(inner))['a.example.com'] ?? {}
+  t.match(raw.autocert_mac, /^[0-9a-f]{8}\.[A-Za-z0-9_-]{43}$/, 'stored with its signature: key id and HMAC')
+  t.equal(raw.autocert_serial, '0A1B', 'the fields themselves in the clear (a serial and a date are public)')
+
+  const blobs = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(container)
+  await blobs.getBlobClient('a.example.com').setMetadata({ ...raw, autocert_notafter: '2099-01-01T00:00:00.000Z' })
+  const bRaw = (await listed(inner))['b.example.com'] ?? {}
+  await blobs.getBlobClient('c.example.com').setMetadata({ ...fields, autocert_mac: bRaw.autocert_mac as string })
+  const read = await listed(store)
+  t.equal(read['a.example.com'], undefined, 'an altered field: the metadata is dropped')
+  t.equal(read['c.example.com'], undefined, 'another key\'s signature: dropped')
+  t.same(read['b.example.com'], fields, 'the untouched one still reads')
+  t.same(await listed(new EncryptedStore(inner, { key: randomBytes(32), previousKeys: [key] })), { 'a.example.com': undefined, 'b.example.com': fields, 'c.example.com': undefined }, 'signed by a previous key: still read')
+  t.same(await listed(new EncryptedStore(inner, { key: randomBytes(32) })), { 'a.example.com': undefined, 'b.example.com': undefined, 'c.example.com': undefined }, 'by a key not configured: dropped')
+  t.equal(new CodedStore(new FileStore(os.tmpdir())).entries, undefined, 'a store without entries() has none through the wrappers')
+  t.equal(new EncryptedStore(new FileStore(os.tmpdir()), { key }).entries, undefined)
+
+  const failing = new CodedStore({ ...inner, get: inner.get.bind(inner), put: inner.put.bind(inner), delete: inner.delete.bind(inner), list: inner.list.bind(inner), lock: inner.lock.bind(inner), entries: async function * () { throw new Error('the listing broke') } })
+  await t.rejects(listed(failing), { code: 'FST_AUTOCERT_STORE_FAILED', message: /list all keys with metadata: the listing broke/ }, 'a listing that fails is a coded store error')
 })
 
 t.test('what the plugin reads with: EncryptedStore limits, readBounded, readRecord', async (t) => {

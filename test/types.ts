@@ -5,7 +5,7 @@ import Fastify from 'fastify'
 import autocert, {
   ALPNCallback, AzureBlobStore, createAutocert, FileStore, MemoryStore, rfc2136, SNICallback,
   type Autocert, type DnsProvider, type DnsRecord, type AutocertOptions, type AutocertServer, type CertificateInfo, type CertStore, type DomainStatus,
-  type GetOptions
+  type GetOptions, type PutOptions, type StoreEntry
 } from '../lib'
 
 export async function surface (): Promise<void> {
@@ -59,6 +59,19 @@ export async function surface (): Promise<void> {
   void value
   // @ts-expect-error a limit is a number of bytes
   await store.get('example.com', { maxBytes: '64k' })
+  const written: PutOptions = { metadata: { autocert_serial: '0A' } }
+  await store.put('example.com', 'bundle', written)
+  // @ts-expect-error metadata values are strings
+  await store.put('example.com', 'bundle', { metadata: { notafter: 1 } })
+  const memory = new MemoryStore()
+  for await (const entry of memory.entries()) {
+    const seen: StoreEntry = entry
+    const serial: string | undefined = seen.metadata?.autocert_serial
+    void serial
+  }
+  // entries() is optional in the contract: a store of the user's own may leave it out
+  const listing: CertStore['entries'] = store.entries
+  void listing
   const options: AutocertOptions = { domains: ['example.com'], store, termsOfServiceAgreed: true, keyType: 'rsa', http01: { port: 80 } }
   void options
 

@@ -14,7 +14,7 @@ import { linkSignals, untilAborted } from '../signals'
 import { HeldLock } from './held-lock'
 import { lockPaths } from './keys'
 import { pollLock } from './poll-lock'
-import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState, type PutOptions, type StoreEntry } from './store'
 
 /**
  * `@azure/core-auth`'s `TokenCredential` (what `@azure/identity` credentials
@@ -87,6 +87,8 @@ const INVALID_OPTIONS = 'FST_AUTOCERT_INVALID_STORE_OPTIONS'
 const DEFAULT_CONTAINER = 'autocertcache'
 const DEFAULT_LEASE_SECONDS = 15
 const DEFAULT_TIMEOUT_MS = 30_000
+/** The most blobs a List Blobs page may hold. */
+const LIST_PAGE = 5000
 
 /**
  * A store in an Azure Blob Storage container: one block blob per key, named
@@ -150,13 +152,15 @@ export class AzureBlobStore implements CertStore {
     }
   }
 
-  async put (key: string, value: Buffer | string): Promise<void> {
+  /** `options.metadata` becomes the blob's metadata, written with it in the one Put Blob. */
+  async put (key: string, value: Buffer | string, { metadata }: PutOptions = {}): Promise<void> {
     const blob = this.#client.getBlockBlobClient(this.#prefix + checkKey(key))
     const body = Buffer.from(value)
     await this.#container()
     await this.#call((abortSignal) => blob.upload(body, body.length, {
       abortSignal,
-      blobHTTPHeaders: { blobContentType: 'application/octet-stream' }
+      blobHTTPHeaders: { blobContentType: 'application/octet-stream' },
+      ...(metadata === undefined ? {} : { metadata })
     }))
   }
 
@@ -164,6 +168,22 @@ export class AzureBlobStore implements CertStore {
     const blob = this.#client.getBlobClient(this.#prefix + checkKey(key))
     await this.#container()
     await this.#call((abortSignal) => blob.deleteIfExists({ abortSignal }))
+  }
+
+  /** The blobs' metadata, from List Blobs pages of up to 5,000 blobs (one call, and one timeout, per page). */
+  async * entries (prefix = ''): AsyncIterable<StoreEntry> {
+    await this.#container()
+    const pages = this.#client.listBlobsFlat({ prefix: this.#prefix + prefix, includeMetadata: true }).byPage({ maxPageSize: LIST_PAGE })[Symbol.asyncIterator]()
+    for (;;) {
+      // A page request cannot be given a signal of its own: the timeout stops the wait for it.
+      const page = await this.#call(async (signal) => await untilAborted(pages.next(), signal))
+      if (page.done === true) return
+      for (const item of page.value.segment.blobItems) {
+        const key = item.name.slice(this.#prefix.length)
+        // Lock blobs (lockPaths.blob) have a '/' after the prefix, keys never do.
+        if (!key.includes('/')) yield { key, ...(item.metadata === undefined || Object.keys(item.metadata).length === 0 ? {} : { metadata: item.metadata }) }
+      }
+    }
   }
 
   async list (prefix = ''): Promise<string[]> {

@@ -1,7 +1,7 @@
 // Every store failure as FST_AUTOCERT_STORE_FAILED, whichever store raised it.
 import { FST_AUTOCERT_STORE_FAILED } from '../errors'
 import { errorCode, errorMessage } from '../events'
-import type { CertStore, GetOptions, Lock, LockOptions, LockState } from './store'
+import type { CertStore, GetOptions, Lock, LockOptions, LockState, PutOptions, StoreEntry } from './store'
 
 /**
  * Wraps the store the plugin uses, so that whatever fails in it (an Azure
@@ -22,8 +22,8 @@ export class CodedStore implements CertStore {
     return coded(this.#inner.get(key, options), `read ${key}`)
   }
 
-  put (key: string, value: Buffer | string): Promise<void> {
-    return coded(this.#inner.put(key, value), `write ${key}`)
+  put (key: string, value: Buffer | string, options?: PutOptions): Promise<void> {
+    return coded(this.#inner.put(key, value, options), `write ${key}`)
   }
 
   delete (key: string): Promise<void> {
@@ -32,6 +32,19 @@ export class CodedStore implements CertStore {
 
   list (prefix?: string): Promise<string[]> {
     return coded(this.#inner.list(prefix), `list ${prefix ?? 'all keys'}`)
+  }
+
+  get entries (): CertStore['entries'] {
+    const inner = this.#inner
+    if (inner.entries === undefined) return undefined
+    return async function * (prefix?: string): AsyncIterable<StoreEntry> {
+      const entries = (inner.entries as NonNullable<CertStore['entries']>).call(inner, prefix)[Symbol.asyncIterator]()
+      for (;;) {
+        const next = await coded(entries.next(), `list ${prefix ?? 'all keys'} with metadata`)
+        if (next.done === true) return
+        yield next.value
+      }
+    }
   }
 
   lock (key: string, signal?: AbortSignal, options?: LockOptions): Promise<Lock> {

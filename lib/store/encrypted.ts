@@ -1,7 +1,7 @@
 // A store wrapper that seals every value with AES-256-GCM.
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 import { FST_AUTOCERT_CORRUPT } from '../errors'
-import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
+import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState, type PutOptions, type StoreEntry } from './store'
 
 /*
  * Sealed value layout: MAGIC (4) | key id (4) | IV (12) | GCM tag (16) | ciphertext.
@@ -11,6 +11,13 @@ import { oversized, type CertStore, type GetOptions, type Lock, type LockOptions
  */
 const MAGIC = Buffer.from('ACS1')
 const HEADER = MAGIC.length + 4 + 12 + 16
+/*
+ * Metadata cannot be sealed (it is read without the value), so it is signed:
+ * this field holds the key id and an HMAC-SHA256, under a key derived from the
+ * encryption key, of the store key and every other field. Metadata without a
+ * valid one is dropped on reading, and the plugin reads the value instead.
+ */
+const MAC_FIELD = 'autocert_mac'
 
 export interface EncryptionOptions {
   /** The key new values are sealed with: 32 bytes, as a Buffer or a base64 string. */
@@ -30,12 +37,15 @@ export class EncryptedStore implements CertStore {
   readonly #inner: CertStore
   readonly #current: { id: Buffer, key: Buffer }
   readonly #keys: Map<string, Buffer>
+  /** The metadata signing keys, by the id of the encryption key each comes from. */
+  readonly #macKeys: Map<string, Buffer>
 
   constructor (inner: CertStore, options: EncryptionOptions) {
     this.#inner = inner
     const keys = [options.key, ...(options.previousKeys ?? [])].map(toKey)
     this.#current = { id: keyId(keys[0]), key: keys[0] }
     this.#keys = new Map(keys.map((k) => [keyId(k).toString('hex'), k]))
+    this.#macKeys = new Map(keys.map((k) => [keyId(k).toString('hex'), Buffer.from(hkdfSync('sha256', k, '', 'fastify-autocert metadata', 32))]))
   }
 
   /** `options.maxBytes` limits the value as read back: the inner store is allowed the sealing's overhead on top. */
@@ -72,12 +82,37 @@ export class EncryptedStore implements CertStore {
     }
   }
 
-  async put (key: string, value: Buffer | string): Promise<void> {
+  /** The value sealed; its metadata (not secret: a certificate's serial and validity) signed, not sealed. */
+  async put (key: string, value: Buffer | string, { metadata }: PutOptions = {}): Promise<void> {
     const iv = randomBytes(12)
     const cipher = createCipheriv('aes-256-gcm', this.#current.key, iv)
     cipher.setAAD(Buffer.from(key))
     const sealed = Buffer.concat([cipher.update(Buffer.from(value)), cipher.final()])
-    await this.#inner.put(key, Buffer.concat([MAGIC, this.#current.id, iv, cipher.getAuthTag(), sealed]))
+    const id = this.#current.id.toString('hex')
+    const signed = metadata === undefined ? undefined : { metadata: { ...metadata, [MAC_FIELD]: `${id}.${mac(this.#macKeys.get(id) as Buffer, key, metadata)}` } }
+    await this.#inner.put(key, Buffer.concat([MAGIC, this.#current.id, iv, cipher.getAuthTag(), sealed]), signed)
+  }
+
+  /** The inner store's entries, each with its metadata only when signed by a configured key (undefined: the inner store lists none). */
+  get entries (): CertStore['entries'] {
+    const inner = this.#inner
+    if (inner.entries === undefined) return undefined
+    const verified = (key: string, metadata: Record<string, string> | undefined): Record<string, string> | undefined => {
+      if (metadata?.[MAC_FIELD] === undefined) return undefined
+      const { [MAC_FIELD]: signature, ...fields } = metadata
+      const [id, tag] = signature.split('.')
+      const secret = this.#macKeys.get(id)
+      if (secret === undefined || tag === undefined) return undefined
+      const expected = Buffer.from(mac(secret, key, fields))
+      const given = Buffer.from(tag)
+      return given.length === expected.length && timingSafeEqual(given, expected) ? fields : undefined
+    }
+    return async function * (prefix?: string): AsyncIterable<StoreEntry> {
+      for await (const { key, metadata } of (inner.entries as NonNullable<CertStore['entries']>).call(inner, prefix)) {
+        const fields = verified(key, metadata)
+        yield fields === undefined ? { key } : { key, metadata: fields }
+      }
+    }
   }
 
   // The value as written: opened when sealed, as it is when in plain text.
@@ -133,6 +168,13 @@ function toKey (value: Buffer | string): Buffer {
     throw new TypeError('an encryption key must be 32 bytes: a Buffer, or a base64 string such as `openssl rand -base64 32` prints')
   }
   return key
+}
+
+/** HMAC-SHA256 (base64url) of the store key and the fields, in name order: moved to another key, or altered, it no longer matches. */
+function mac (secret: Buffer, key: string, fields: Record<string, string>): string {
+  const hmac = createHmac('sha256', secret).update(key)
+  for (const name of Object.keys(fields).sort()) hmac.update(`\0${name}=${fields[name]}`)
+  return hmac.digest('base64url')
 }
 
 function keyId (key: Buffer): Buffer {

@@ -1,13 +1,13 @@
 // The in-process store, for tests.
 import { untilAborted } from '../signals'
-import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState } from './store'
+import { checkKey, oversized, type CertStore, type GetOptions, type Lock, type LockOptions, type LockState, type PutOptions, type StoreEntry } from './store'
 
 /**
  * A store in process memory: for tests and single-process experiments. It keeps
  * nothing across restarts, so in production every restart would order again.
  */
 export class MemoryStore implements CertStore {
-  readonly #data = new Map<string, Buffer>()
+  readonly #data = new Map<string, { value: Buffer, metadata?: Record<string, string> }>()
   // The tail of each lock's queue: a new holder waits for the previous one to release.
   readonly #locks = new Map<string, Promise<void>>()
   // Per key: lock() calls not yet released (holder and waiters), and the holder's record.
@@ -15,14 +15,14 @@ export class MemoryStore implements CertStore {
   readonly #holders = new Map<string, { holder?: string }>()
 
   async get (key: string, options: GetOptions = {}): Promise<Buffer | undefined> {
-    const value = this.#data.get(checkKey(key))
+    const value = this.#data.get(checkKey(key))?.value
     if (value === undefined) return undefined
     if (options.maxBytes !== undefined && value.length > options.maxBytes) throw oversized(key, value.length, options.maxBytes)
     return Buffer.from(value)
   }
 
-  async put (key: string, value: Buffer | string): Promise<void> {
-    this.#data.set(checkKey(key), Buffer.from(value))
+  async put (key: string, value: Buffer | string, { metadata }: PutOptions = {}): Promise<void> {
+    this.#data.set(checkKey(key), { value: Buffer.from(value), ...(metadata === undefined ? {} : { metadata: { ...metadata } }) })
   }
 
   async delete (key: string): Promise<void> {
@@ -31,6 +31,12 @@ export class MemoryStore implements CertStore {
 
   async list (prefix = ''): Promise<string[]> {
     return [...this.#data.keys()].filter((k) => k.startsWith(prefix))
+  }
+
+  async * entries (prefix = ''): AsyncIterable<StoreEntry> {
+    for (const [key, { metadata }] of [...this.#data]) {
+      if (key.startsWith(prefix)) yield { key, ...(metadata === undefined ? {} : { metadata: { ...metadata } }) }
+    }
   }
 
   async lock (key: string, signal?: AbortSignal, options: LockOptions = {}): Promise<Lock> {

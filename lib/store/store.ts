@@ -20,12 +20,23 @@ export interface CertStore {
    * (see GetOptions).
    */
   get (key: string, options?: GetOptions): Promise<Buffer | undefined>
-  /** Writes the whole value in one call, replacing what was there. */
-  put (key: string, value: Buffer | string): Promise<void>
+  /**
+   * Writes the whole value in one call, replacing what was there, its
+   * metadata included: `options.metadata` is kept with the value when the
+   * store can (see entries()), and a write without it leaves none.
+   */
+  put (key: string, value: Buffer | string, options?: PutOptions): Promise<void>
   /** Removes the key; removing a missing key is not an error. */
   delete (key: string): Promise<void>
   /** Keys that start with `prefix` (all keys when omitted), in no particular order. */
   list (prefix?: string): Promise<string[]>
+  /**
+   * Like list(), with the metadata each value was written with (PutOptions),
+   * read in pages without transferring a value: how the plugin learns the
+   * state of many certificates at start-up. Optional: without it, or for a
+   * value written without metadata, the plugin reads the value itself.
+   */
+  entries? (prefix?: string): AsyncIterable<StoreEntry>
   /**
    * Takes the exclusive lock named `key` for the whole cluster, waiting while
    * another holder has it. Locks held by a crashed process lapse by themselves.
@@ -56,6 +67,22 @@ export interface GetOptions {
    * are then the store's.
    */
   maxBytes?: number
+}
+
+/** How a value is written. */
+export interface PutOptions {
+  /**
+   * A few short fields kept with the value, readable without it (entries()):
+   * names of lower-case letters, digits and '_', starting with a letter;
+   * printable ASCII values. A store may drop them; it must not alter them.
+   */
+  metadata?: Record<string, string>
+}
+
+/** A key with the metadata its value was written with (none: `undefined`). */
+export interface StoreEntry {
+  key: string
+  metadata?: Record<string, string>
 }
 
 /** What a lock records and reports, for operators (status() and the `lock-wait` event). A store may ignore it. */
