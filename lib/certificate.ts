@@ -11,7 +11,7 @@ import { FST_AUTOCERT_CORRUPT } from './errors'
  * and reads the whole bundle from the store again when one does, or when the
  * CA must be asked about it.
  */
-export interface CertificateInfo {
+export interface CertificateSummary {
   /** The normalised host name it was issued for. */
   readonly name: string
   /** Leaf serial number, upper-case hex. */
@@ -22,7 +22,7 @@ export interface CertificateInfo {
 }
 
 /** A certificate with its private key, as kept in memory and in the store. */
-export interface Certificate extends CertificateInfo {
+export interface Certificate extends CertificateSummary {
   /** PEM private key. Never logged. */
   readonly key: string
   /** PEM chain, leaf first. */
@@ -30,12 +30,42 @@ export interface Certificate extends CertificateInfo {
 }
 
 /** Whether `cert` has its key and chain. */
-export function isWhole (cert: CertificateInfo): cert is Certificate {
+export function isWhole (cert: CertificateSummary): cert is Certificate {
   return 'chain' in cert
 }
 
 /** `cert` without its key and chain. */
-export function infoOf ({ name, serial, notBefore, notAfter }: CertificateInfo): CertificateInfo {
+export function summaryOf ({ name, serial, notBefore, notAfter }: CertificateSummary): CertificateSummary {
+  return { name, serial, notBefore, notAfter }
+}
+
+/*
+ * The metadata a certificate is stored with (PutOptions.metadata): what its
+ * renewal needs, readable from a store listing without the bundle. Go
+ * autocert writes none; the plugin's next write of the name adds it.
+ */
+const SERIAL = 'autocert_serial'
+const NOT_BEFORE = 'autocert_notbefore'
+const NOT_AFTER = 'autocert_notafter'
+/** Longer than any publicly trusted certificate lives (398 days at most, since 2020): metadata claiming more is not believed. */
+const MAX_LIFETIME = 400 * 86_400_000
+
+/** The metadata `cert` is stored with. */
+export function certificateMetadata (cert: CertificateSummary): Record<string, string> {
+  return { [SERIAL]: cert.serial, [NOT_BEFORE]: new Date(cert.notBefore).toISOString(), [NOT_AFTER]: new Date(cert.notAfter).toISOString() }
+}
+
+/**
+ * What the metadata of `name`'s stored certificate says of it; undefined
+ * when it has none or it is not what certificateMetadata() writes. Trusted
+ * for scheduling only: serving, renewing or asking the CA reads the bundle,
+ * and the bundle's own fields win.
+ */
+export function summaryFromMetadata (name: string, metadata: Record<string, string> | undefined): CertificateSummary | undefined {
+  const serial = metadata?.[SERIAL]
+  const notBefore = Date.parse(metadata?.[NOT_BEFORE] ?? '')
+  const notAfter = Date.parse(metadata?.[NOT_AFTER] ?? '')
+  if (serial === undefined || !/^[0-9A-F]{1,42}$/.test(serial) || !(notBefore < notAfter && notAfter - notBefore <= MAX_LIFETIME)) return undefined
   return { name, serial, notBefore, notAfter }
 }
 

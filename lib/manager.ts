@@ -2,7 +2,7 @@
 import type { SecureContext } from 'node:tls'
 import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo, type RenewalWindow } from './acme/ari'
 import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
-import { decodeBundle, encodeBundle, infoOf, isWhole, toSecureContext, type Certificate, type CertificateInfo } from './certificate'
+import { certificateMetadata, decodeBundle, encodeBundle, summaryFromMetadata, summaryOf, isWhole, toSecureContext, type Certificate, type CertificateSummary } from './certificate'
 import { systemClock, timeoutSignal, type Clock, type Timer } from './clock'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
@@ -51,7 +51,7 @@ export interface CertificateSource {
    * directory says (no request per certificate). False spares the fleet's
    * record and the name's lock; without this method, it is taken to.
    */
-  offersRenewalInfo? (cert: CertificateInfo): Promise<boolean>
+  offersRenewalInfo? (cert: CertificateSummary): Promise<boolean>
   /** Revokes `cert` at the CA (`reason`: an RFC 5280 CRLReason code). */
   revoke? (cert: Certificate, reason: number | undefined, signal: AbortSignal): Promise<void>
 }
@@ -111,7 +111,7 @@ interface Slot {
    * contextCacheSize most recently used, else what is known of it without
    * them (read whole again from the store when needed: #certificate).
    */
-  cert?: Certificate | CertificateInfo
+  cert?: Certificate | CertificateSummary
   /** Built on the first handshake that needs it, not at load: most names of a big fleet stay idle. */
   context?: SecureContext
   renewAt?: number
@@ -313,15 +313,30 @@ export class CertificateManager {
    * first: the rest go on loading in the background, and a handshake for a name
    * not loaded yet reads it itself (joining a read in flight). Never orders;
    * never throws.
+   *
+   * With more listed certificates than contextCacheSize, and a store that
+   * lists metadata (entries()), their state comes from that listing, and only
+   * as many as the cache holds are read whole; those whose metadata is missing
+   * (written by Go autocert, or before this) or unusable are read as ever.
    */
   async prewarm (): Promise<void> {
     const started = this.#clock.now()
     let done = 0
-    const prewarming = this.#prewarming ??= this.#eachListedSlot(async (slot) => {
-      // A handshake may have loaded it first: one read per name.
-      if (slot.cert === undefined) await this.#load(slot).catch(() => undefined)
-      done++
-    })
+    const prewarming = this.#prewarming ??= (async () => {
+      const listed = [...this.#slots()].filter((slot) => slot.site.onDemand === undefined)
+      const fromListing = listed.length > this.#opts.contextCacheSize && this.#opts.store.entries !== undefined
+      if (fromListing) done += await this.#learnFromListing(listed)
+      // Read whole: the certificates the listing did not tell of (and the pinned ones, which are served whole), then as many as the cache holds.
+      const unknown = new Set(listed.filter((slot) => slot.cert === undefined || slot.site.pinned === true))
+      const room = Math.max(0, this.#opts.contextCacheSize - unknown.size)
+      const whole = fromListing ? [...unknown, ...listed.filter((slot) => !unknown.has(slot)).slice(0, room)] : listed
+      await this.#each(whole, async (slot) => {
+        // A handshake may have loaded it first: one read per name.
+        const counted = slot.cert === undefined
+        if (slot.cert === undefined || !isWhole(slot.cert)) await this.#load(slot).catch(() => undefined)
+        if (counted) done++
+      })
+    })()
     const bound = timeoutSignal(this.#clock, this.#opts.prewarmTimeout)
     const timedOut = await untilAborted(prewarming, bound.signal).then(() => false, () => true)
     bound.dispose()
@@ -445,7 +460,7 @@ export class CertificateManager {
     for (const slot of site.slots) {
       slot.context = undefined
       const { cert } = slot
-      if (cert !== undefined && isWhole(cert) && slot.unsaved !== true) slot.cert = infoOf(cert)
+      if (cert !== undefined && isWhole(cert) && slot.unsaved !== true) slot.cert = summaryOf(cert)
     }
   }
 
@@ -463,7 +478,7 @@ export class CertificateManager {
     // again (cheap: a slot held back refuses from memory, a failed read is repeated for a second).
     if (contexts.length === site.slots.length) {
       site.contexts = contexts
-      site.expires = Math.min(...site.slots.map((slot) => (slot.cert as CertificateInfo).notAfter))
+      site.expires = Math.min(...site.slots.map((slot) => (slot.cert as CertificateSummary).notAfter))
       this.#touch(site)
     }
     return contexts
@@ -557,16 +572,21 @@ export class CertificateManager {
       return undefined
     }
     const known = slot.cert
-    if (known !== undefined && !isWhole(known) && known.serial === cert.serial) {
+    if (known !== undefined && !isWhole(known) && sameFields(known, cert)) {
       // A cooled certificate, read whole again: nothing else about it changes.
       slot.cert = cert
       this.#touch(slot.site)
     } else if (known === undefined || !isWhole(known) || (current && slot.unsaved !== true ? cert.serial !== known.serial : newer(cert, known))) {
-      this.#adopt(slot, cert)
-      log.info(certFields(slot, cert), 'certificate loaded')
-      this.events.tell('loaded', certFields(slot, cert))
+      this.#loaded(slot, cert)
     }
     return slot.cert as Certificate
+  }
+
+  /** A certificate found in the store (whole, or as its metadata tells) enters memory. */
+  #loaded (slot: Slot, cert: CertificateSummary): void {
+    this.#adopt(slot, cert)
+    this.#opts.log.info(certFields(slot, cert), 'certificate loaded')
+    this.events.tell('loaded', certFields(slot, cert))
   }
 
   /**
@@ -680,7 +700,7 @@ export class CertificateManager {
       if (had === undefined) this.events.tell('obtained', certFields(slot, issued))
       else this.events.tell('renewed', { ...certFields(slot, issued), previousSerial: had.serial })
       if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
-      await this.#opts.store.put(slot.key, encodeBundle(issued))
+      await this.#opts.store.put(slot.key, encodeBundle(issued), { metadata: certificateMetadata(issued) })
       slot.unsaved = false
       await this.#failures.clear(slot.key)
       await this.#recordRenewalInfo(slot, issued, answered && { ...answered, ...(exemptAt === undefined ? {} : { exemptAt }) }, lock.signal)
@@ -711,12 +731,12 @@ export class CertificateManager {
       const ours = slot.cert === cert
       if (ours) {
         lock.signal.throwIfAborted()
-        await this.#opts.store.put(slot.key, encodeBundle(cert))
+        await this.#opts.store.put(slot.key, encodeBundle(cert), { metadata: certificateMetadata(cert) })
         this.#schedule(slot, slot.renewAt as number)
       }
       slot.unsaved = false
       this.#touch(slot.site)
-      this.#opts.log.info(certFields(slot, slot.cert as CertificateInfo), ours ? 'certificate stored' : 'adopted a newer stored certificate')
+      this.#opts.log.info(certFields(slot, slot.cert as CertificateSummary), ours ? 'certificate stored' : 'adopted a newer stored certificate')
     } finally {
       await lock.release()
     }
@@ -808,7 +828,8 @@ export class CertificateManager {
     return Object.assign(new FST_AUTOCERT_ORDER_FAILED(slot.name, errorMessage(err)), { cause: err })
   }
 
-  #adopt (slot: Slot, cert: Certificate, checkRenewalInfo = true): void {
+  /** `cert` becomes the slot's: served (when whole) and scheduled for renewal. */
+  #adopt (slot: Slot, cert: CertificateSummary, checkRenewalInfo = true): void {
     slot.cert = cert
     slot.context = undefined
     slot.site.contexts = undefined
@@ -822,6 +843,7 @@ export class CertificateManager {
     // A certificate new to this instance: its renewal information is looked at (the store's record first) at once.
     slot.ariCheckAt = checkRenewalInfo && this.#opts.issuer.renewalInfo !== undefined ? this.#clock.now() : undefined
     this.#schedule(slot, slot.renewAt)
+    if (!isWhole(cert)) return
     this.#opts.adopted?.(slot.name)
     this.#touch(slot.site)
   }
@@ -833,7 +855,7 @@ export class CertificateManager {
    * looked due when it was issued waits (renewNotBefore).
    */
   #renewalTime (slot: Slot): number {
-    const cert = slot.cert as CertificateInfo
+    const cert = slot.cert as CertificateSummary
     const lifetime = slot.lifetimeRenewAt as number
     const ari = this.#usableRecord(slot)
     // A window that reaches the certificate's expiry is done with by the time a tenth of the lifetime remains.
@@ -1012,7 +1034,7 @@ export class CertificateManager {
     if (issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
     try {
       // A CA without renewal windows costs the store nothing: its directory says so, no record or lock is needed.
-      if (await issuer.offersRenewalInfo?.(slot.cert as CertificateInfo).catch(() => true) === false) {
+      if (await issuer.offersRenewalInfo?.(slot.cert as CertificateSummary).catch(() => true) === false) {
         slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.max
         return
       }
@@ -1169,16 +1191,47 @@ export class CertificateManager {
     }
   }
 
-  /** Runs `fn` on every listed certificate, `concurrency` at a time, until closed. */
-  async #eachListedSlot (fn: (slot: Slot) => Promise<void>): Promise<void> {
-    const queue = [...this.#slots()].filter((slot) => slot.site.onDemand === undefined)
-    const worker = async (): Promise<void> => {
-      for (let d = queue.shift(); d !== undefined && !this.#closing.signal.aborted; d = queue.shift()) await fn(d)
+  /**
+   * What the store's listing tells of the `listed` certificates it has
+   * metadata for: each live one known by its serial and validity (as if loaded,
+   * without its key and chain). Returns how many. A listing that fails is
+   * logged, and what it did not tell is read from each certificate instead.
+   */
+  async #learnFromListing (listed: Slot[]): Promise<number> {
+    const byKey = new Map(listed.map((slot) => [slot.key, slot]))
+    let known = 0
+    try {
+      for await (const { key, metadata } of (this.#opts.store.entries as NonNullable<CertStore['entries']>)()) {
+        if (this.#closing.signal.aborted) break
+        const slot = byKey.get(key)
+        // A handshake may have loaded it first.
+        if (slot === undefined || slot.cert !== undefined) continue
+        const info = summaryFromMetadata(slot.name, metadata)
+        if (info === undefined || !this.#live(info)) continue
+        this.#loaded(slot, info)
+        known++
+      }
+    } catch (err) {
+      this.#opts.log.warn({ error: errorFields(err) }, 'the store\'s listing failed: reading each certificate instead')
     }
-    await Promise.all(Array.from({ length: Math.min(this.#opts.concurrency, queue.length) }, worker))
+    return known
   }
 
-  #live<C extends CertificateInfo> (cert: C | undefined): cert is C {
+  /** Runs `fn` on every listed certificate, `concurrency` at a time, until closed. */
+  async #eachListedSlot (fn: (slot: Slot) => Promise<void>): Promise<void> {
+    await this.#each([...this.#slots()].filter((slot) => slot.site.onDemand === undefined), fn)
+  }
+
+  /** Runs `fn` on each of `slots`, `concurrency` at a time, until closed. */
+  async #each (slots: readonly Slot[], fn: (slot: Slot) => Promise<void>): Promise<void> {
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < slots.length && !this.#closing.signal.aborted) await fn(slots[next++])
+    }
+    await Promise.all(Array.from({ length: Math.min(this.#opts.concurrency, slots.length) }, worker))
+  }
+
+  #live<C extends CertificateSummary> (cert: C | undefined): cert is C {
     return cert !== undefined && cert.notAfter > this.#clock.now()
   }
 
@@ -1209,12 +1262,17 @@ function date (ms: number | undefined): Date | undefined {
   return ms === undefined ? undefined : new Date(ms)
 }
 
+/** The same certificate, by what is known of both. */
+function sameFields (a: CertificateSummary, b: CertificateSummary): boolean {
+  return a.serial === b.serial && a.notBefore === b.notBefore && a.notAfter === b.notAfter
+}
+
 /** Issuance order: a certificate issued later wins, whatever its lifetime. */
-function newer (a: CertificateInfo, b: CertificateInfo): boolean {
+function newer (a: CertificateSummary, b: CertificateSummary): boolean {
   return a.notBefore > b.notBefore || (a.notBefore === b.notBefore && a.serial > b.serial)
 }
 
 /** A certificate as events and log lines show it (never its key). */
-function certFields (slot: Slot, cert: CertificateInfo): CertificateEvent {
+function certFields (slot: Slot, cert: CertificateSummary): CertificateEvent {
   return { domain: cert.name, keyType: slot.type, serial: cert.serial, notAfter: new Date(cert.notAfter) }
 }

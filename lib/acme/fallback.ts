@@ -1,5 +1,5 @@
 // Several CAs in order of preference: an order the first cannot serve goes to the next.
-import { isWhole, type Certificate, type CertificateInfo } from '../certificate'
+import { isWhole, type Certificate, type CertificateSummary } from '../certificate'
 import { errorFields, type Logger } from '../events'
 import type { LockWaitListener } from '../fleet/locks'
 import { authorityKeyId, type RenewalInfo } from './ari'
@@ -93,7 +93,7 @@ export class FallbackIssuer {
   }
 
   /** The issuing CA's directory when it is known (from the chain, when `cert` has it), else whether any CA's has `renewalInfo` (one of them may know `cert`). */
-  async offersRenewalInfo (cert: CertificateInfo): Promise<boolean> {
+  async offersRenewalInfo (cert: CertificateSummary): Promise<boolean> {
     const known = this.#known(cert)
     if (known !== undefined) return await this.#issuers[known].offersRenewalInfo()
     const offers = await Promise.all(this.#issuers.map((issuer) => issuer.offersRenewalInfo().catch(() => true)))
@@ -124,7 +124,7 @@ export class FallbackIssuer {
     if (keyId !== undefined) this.#issuerOf.set(keyId, i)
   }
 
-  #known (cert: CertificateInfo): number | undefined {
+  #known (cert: CertificateSummary): number | undefined {
     const keyId = isWhole(cert) ? authorityKeyId(cert.chain) : undefined
     return keyId === undefined ? undefined : this.#issuerOf.get(keyId)
   }

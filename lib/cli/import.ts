@@ -3,7 +3,7 @@ import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto'
 import { readFile, readdir, stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { KeyType } from '../acme/issuer'
-import { decodeBundle, encodeBundle, type Certificate } from '../certificate'
+import { certificateMetadata, decodeBundle, encodeBundle, type Certificate } from '../certificate'
 import { systemClock } from '../clock'
 import { FST_AUTOCERT_LOCK_LOST } from '../errors'
 import { errorMessage } from '../events'
@@ -276,7 +276,7 @@ async function place ({ store, locks, dryRun, now, timeout }: Placing, checked: 
     const after = await against(store, result, cert.notAfter)
     if (after !== undefined) return after
     if (lock.signal.aborted) throw new FST_AUTOCERT_LOCK_LOST(name)
-    await store.put(result.storeKey as string, encodeBundle(cert))
+    await store.put(result.storeKey as string, encodeBundle(cert), { metadata: certificateMetadata(cert) })
     return result
   } finally {
     await lock.release()

@@ -118,30 +118,76 @@ t.test('a certificate not stored yet is never cooled: the store has no copy of i
   t.equal(store.reads(A), reads, 'from memory, with no read')
 })
 
-t.test('listed names beyond contextCacheSize: prewarm keeps that many whole, and the others by their serials', async (t) => {
+/** 12 listed names whose certificates a first manager obtained and stored (with metadata), on `store`. */
+async function filled (store: MemoryStore): Promise<string[]> {
   const names = Array.from({ length: 12 }, (_, i) => `n${i}.example.test`)
-  const store = countingStore()
   const first = unitManager({ domains: names, store })
   for (const name of names) await first.manager.certificate(name)
   await first.manager.close()
+  return names
+}
 
+t.test('listed names beyond contextCacheSize: prewarm learns their state from the store\'s listing, and reads whole only as many as the cache holds', async (t) => {
+  const store = countingStore()
+  const names = await filled(store)
   const { manager, issuer } = unitManager({ domains: names, contextCacheSize: 4, store })
   t.teardown(() => manager.close())
+  const before = names.reduce((n, name) => n + store.reads(name), 0)
   await manager.prewarm()
-  t.ok(manager.status().every((s) => s.serial !== undefined), 'every certificate known')
-  t.equal(names.filter((name) => manager.current(name).length === 1).length, 4, 'four of them whole')
+  t.ok(manager.status().every((s) => s.serial !== undefined && s.notAfter !== undefined && s.renewAt !== undefined), 'every certificate known: serial, expiry, renewal time')
+  t.equal(names.reduce((n, name) => n + store.reads(name), 0) - before, 4, 'four certificates read')
+  t.equal(names.filter((name) => manager.current(name).length === 1).length, 4, 'those four whole')
   for (const name of names) await contextOf(manager, name)
   t.equal(issuer.calls.length, 0, 'every name served, none ordered')
+  t.equal(names.reduce((n, name) => n + store.reads(name), 0) - before, 12, 'each of the others read once, at its first handshake')
 })
 
-t.test('with both key types, a name counts once and loses both contexts together', async (t) => {
-  const { manager, issuer } = unitManager({ domains: [A, B], keyType: ['ecdsa', 'rsa'], contextCacheSize: 1 })
+t.test('a container without metadata (Go autocert\'s, or older) is read value by value, and gains metadata at the next write', async (t) => {
+  const store = countingStore()
+  const names = await filled(store)
+  // Written again as Go autocert writes: the same bundles, no metadata.
+  for (const name of names) await store.put(name, (await store.get(name)) as Buffer)
+  const { manager, clock } = unitManager({ domains: names, contextCacheSize: 4, store })
   t.teardown(() => manager.close())
-  const a = await contextOf(manager, A)
-  t.equal(await contextOf(manager, A), a, 'a from the cache')
-  await contextOf(manager, B)
-  t.not(await contextOf(manager, A), a, 'b took the one place: a built again')
-  t.equal(issuer.calls.length, 4, 'one order per name and key type, none for the rebuilds')
+  const before = names.map((name) => store.reads(name))
+  await manager.prewarm()
+  t.same(names.map((name, i) => store.reads(name) - before[i]), names.map(() => 1), 'each certificate read once')
+  t.ok(manager.status().every((s) => s.serial !== undefined), 'every certificate known')
+  t.equal(names.filter((name) => manager.current(name).length === 1).length, 4, 'four kept whole')
+
+  const serials = new Map(manager.status().map((s) => [s.domain, s.serial]))
+  manager.start()
+  await clock.advance((manager.status()[0].renewAt as Date).getTime() - clock.now() + 1000)
+  const renewed = manager.status().filter((s) => s.serial !== serials.get(s.domain))
+  t.ok(renewed.length > 0, `renewed: ${renewed.length}`)
+  const metadata = new Map<string, Record<string, string> | undefined>()
+  for await (const { key, metadata: m } of store.entries()) metadata.set(key, m)
+  for (const s of renewed) t.equal(metadata.get(s.domain)?.autocert_serial, s.serial, `${s.domain}: its new certificate stored with its serial as metadata`)
+  t.ok(names.filter((name) => !renewed.some((s) => s.domain === name)).every((name) => metadata.get(name) === undefined), 'the others still without')
+})
+
+t.test('metadata is believed for scheduling only: altered, the bundle\'s own fields win at the next read; unusable, the bundle is read at once', async (t) => {
+  const store = countingStore()
+  const names = await filled(store)
+  const [forged, broken] = names
+  const bundle = async (name: string): Promise<Buffer> => (await store.get(name)) as Buffer
+  const truth = unitManager({ domains: names, store })
+  await truth.manager.prewarm()
+  const real = truth.manager.status().find((s) => s.domain === forged)
+  await truth.manager.close()
+  const claimed = new Date(Date.now() + 300 * 86_400_000)
+  await store.put(forged, await bundle(forged), { metadata: { autocert_serial: real?.serial as string, autocert_notbefore: new Date(Date.now() - 1000).toISOString(), autocert_notafter: claimed.toISOString() } })
+  await store.put(broken, await bundle(broken), { metadata: { autocert_serial: 'not hex', autocert_notbefore: 'x', autocert_notafter: 'y' } })
+
+  const { manager } = unitManager({ domains: names, contextCacheSize: 1, store })
+  t.teardown(() => manager.close())
+  const brokenReads = store.reads(broken)
+  await manager.prewarm()
+  t.equal(store.reads(broken), brokenReads + 1, 'unusable metadata: the bundle read at start-up')
+  t.equal(manager.status().find((s) => s.domain === broken)?.serial !== undefined, true, 'and known')
+  t.same(manager.status().find((s) => s.domain === forged)?.notAfter, claimed, 'the altered expiry, until the bundle is read')
+  await contextOf(manager, forged)
+  t.same(manager.status().find((s) => s.domain === forged)?.notAfter, real?.notAfter, 'the bundle\'s own expiry wins once it is read')
 })
 
 t.test('a listed IP address is never cooled: its certificate is the server\'s default one', async (t) => {
