@@ -81,8 +81,8 @@ interface Site {
   readonly onDemand?: true
   /** An IP address: its certificates are the server's default ones (a client without SNI), kept whole, never cooled. */
   readonly pinned?: true
-  /** This process's takers of the name's lock. */
-  readonly lockQueue: LockQueue
+  /** This process's takers of the name's lock, from the first one on. */
+  lockQueue?: LockQueue
   /** The TLS contexts of the slots, primary first, once every slot has one; cleared when a slot adopts a new certificate. */
   contexts?: SecureContext[]
   /** The first expiry among the certificates in `contexts` (ms). */
@@ -377,9 +377,42 @@ export class CertificateManager {
     await Promise.allSettled(ordering)
   }
 
+  /*
+   * Every field is set here, most to undefined: objects of one shape with
+   * their fields in the object, not in a property array added as fields come.
+   * A big fleet holds one site and a slot per key type for each name.
+   */
   #site (name: string, onDemand?: true): Site {
-    const site: Site = { name, slots: [], onDemand, pinned: isAddress(name) || undefined, lockQueue: new LockQueue() }
-    for (const type of this.#opts.keyType) site.slots.push({ site, name, type, key: storeKeys.certificate(name, type) })
+    const site: Site = { name, slots: [], onDemand, pinned: isAddress(name) || undefined, lockQueue: undefined, contexts: undefined, expires: undefined, asked: undefined }
+    for (const type of this.#opts.keyType) {
+      site.slots.push({
+        site,
+        name,
+        type,
+        key: storeKeys.certificate(name, type),
+        lockHolder: undefined,
+        cert: undefined,
+        context: undefined,
+        renewAt: undefined,
+        lifetimeRenewAt: undefined,
+        renewNotBefore: undefined,
+        ari: undefined,
+        ariCheckAt: undefined,
+        checking: undefined,
+        hold: undefined,
+        waiting: undefined,
+        lastError: undefined,
+        unsaved: undefined,
+        reported: undefined,
+        rejected: undefined,
+        timer: undefined,
+        nextAt: undefined,
+        checkedAt: undefined,
+        readError: undefined,
+        loading: undefined,
+        ordering: undefined
+      })
+    }
     return site
   }
 
@@ -939,7 +972,7 @@ export class CertificateManager {
       slot.lockHolder = holder ?? 'unknown'
       report(holder)
     }
-    const lock = await this.#locks.take(storeKeys.nameLock(slot.name), this.#closing.signal, { queue: slot.site.lockQueue, onWait })
+    const lock = await this.#locks.take(storeKeys.nameLock(slot.name), this.#closing.signal, { queue: slot.site.lockQueue ??= new LockQueue(), onWait })
       .finally(() => {
         slot.lockHolder = undefined
         this.#waited(slot, 'name')
