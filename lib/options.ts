@@ -134,7 +134,9 @@ export interface AutocertOptions {
    * (serial and validity); its next handshake reads its certificate from the
    * store again (one read per name in flight) and builds its contexts. A
    * listed IP address is never freed (it is the server's default
-   * certificate). Default: 10000.
+   * certificate). With more listed certificates than this, a start-up learns
+   * their state from the store's listing of their metadata (CertStore.entries)
+   * and reads only this many whole. Default: 10000.
    */
   contextCacheSize?: number
   /** Encrypts everything written to the store with AES-256-GCM (see EncryptedStore). Default: none. */
