@@ -326,9 +326,10 @@ export class CertificateManager {
       const listed = [...this.#slots()].filter((slot) => slot.site.onDemand === undefined)
       const fromListing = listed.length > this.#opts.contextCacheSize && this.#opts.store.entries !== undefined
       if (fromListing) done += await this.#learnFromListing(listed)
-      // Read whole: the certificates the listing did not tell of (and the pinned ones, which are served whole), then as many as the cache holds.
-      const unknown = new Set(listed.filter((slot) => slot.cert === undefined || slot.site.pinned === true))
-      const room = Math.max(0, this.#opts.contextCacheSize - unknown.size)
+      // Read whole: the certificates the listing did not tell of, then as many as the cache holds.
+      const unknown = new Set(listed.filter((slot) => slot.cert === undefined))
+      // An address's certificate takes no place in the cache (never cooled).
+      const room = Math.max(0, this.#opts.contextCacheSize - [...unknown].filter((slot) => slot.site.pinned !== true).length)
       const whole = fromListing ? [...unknown, ...listed.filter((slot) => !unknown.has(slot)).slice(0, room)] : listed
       await this.#each(whole, async (slot) => {
         // A handshake may have loaded it first: one read per name.
@@ -1237,8 +1238,8 @@ export class CertificateManager {
       for await (const { key, metadata } of (this.#opts.store.entries as NonNullable<CertStore['entries']>)()) {
         if (this.#closing.signal.aborted) break
         const slot = byKey.get(key)
-        // A handshake may have loaded it first.
-        if (slot === undefined || slot.cert !== undefined) continue
+        // A handshake may have loaded it first; an address's certificate is served whole, so it is read whole.
+        if (slot === undefined || slot.cert !== undefined || slot.site.pinned === true) continue
         const info = summaryFromMetadata(slot.name, metadata)
         if (info === undefined || !this.#live(info)) continue
         this.#loaded(slot, info)

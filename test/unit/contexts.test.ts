@@ -199,3 +199,18 @@ t.test('a listed IP address is never cooled: its certificate is the server\'s de
   t.same(manager.current(A), [], 'a host name is cooled')
   t.equal(manager.current('127.0.0.1').length, 1, 'the address keeps its certificate whole')
 })
+
+t.test('a listed IP address past contextCacheSize is read whole at start-up, not learnt from the listing', async (t) => {
+  const store = countingStore()
+  const names = ['127.0.0.1', ...await filled(store)]
+  const first = unitManager({ domains: ['127.0.0.1'], store })
+  await first.manager.certificate('127.0.0.1')
+  await first.manager.close()
+  const served: string[] = []
+  const { manager } = unitManager({ domains: names, contextCacheSize: 2, store, adopted: (name) => { served.push(name) } })
+  t.teardown(() => manager.close())
+  await manager.prewarm()
+  t.equal(manager.current('127.0.0.1').length, 1, 'the address\'s certificate is whole')
+  t.ok(served.includes('127.0.0.1'), 'and the front end was told, to make it the server\'s default')
+  t.equal(names.filter((name) => manager.current(name).length === 1).length, 3, 'besides it, two whole: the cache\'s share')
+})
