@@ -3,7 +3,7 @@ import type { SecureContext } from 'node:tls'
 import { nextCheckTime, RENEWAL_INFO_INTERVALS, renewalPoint, sameWindow, type RenewalInfo, type RenewalWindow } from './acme/ari'
 import { ReplacesRefusedError, type IssueOptions, type KeyType } from './acme/issuer'
 import { certificateMetadata, decodeBundle, encodeBundle, summaryFromMetadata, summaryOf, isWhole, toSecureContext, type Certificate, type CertificateSummary } from './certificate'
-import { systemClock, timeoutSignal, type Clock, type Timer } from './clock'
+import { systemClock, timeoutSignal, type Clock } from './clock'
 import {
   FST_AUTOCERT_BACKOFF, FST_AUTOCERT_CLOCK_SKEW, FST_AUTOCERT_CLOSED, FST_AUTOCERT_HANDSHAKE_TIMEOUT, FST_AUTOCERT_LOCK_LOST,
   FST_AUTOCERT_NAME_NOT_ALLOWED, FST_AUTOCERT_ORDER_FAILED, FST_AUTOCERT_RATE_LIMITED, FST_AUTOCERT_REVOKE_FAILED
@@ -23,6 +23,7 @@ import { budgetRetryTime, OnDemandPolicy, RefusalLog } from './on-demand'
 import type { Settings } from './options'
 import { renewalTime, retryDelay } from './renewal'
 import { untilAborted } from './signals'
+import { TimerQueue, type Queued } from './timer-queue'
 import { storeKeys, storeLimits } from './store/keys'
 import { isCorrupt, readBounded, type CertStore, type Lock } from './store/store'
 
@@ -98,8 +99,8 @@ interface Site {
 /** How long an order's caller waits: until the certificate is in memory (a handshake), or also stored. */
 type Until = 'in-memory' | 'stored'
 
-/** One certificate of a site: its own store key, order, renewal and backoff (the lock is the name's). */
-interface Slot {
+/** One certificate of a site: its own store key, order, renewal and backoff (the lock is the name's); its timer is its place in the manager's TimerQueue. */
+interface Slot extends Queued {
   readonly site: Site
   readonly name: string
   readonly type: KeyType
@@ -136,8 +137,7 @@ interface Slot {
   reported?: boolean
   /** Serial of a stored certificate whose key did not match it: not adopted again. */
   rejected?: string
-  timer?: Timer
-  /** When `timer` fires (or will be armed for, before start()). */
+  /** When its renewal (or retry, or write) is due: its timer's time, or, before start(), the time it will be armed for. */
   nextAt?: number
   /** When a handshake held back last looked at the store (at most once per HOLD_RECHECK). */
   checkedAt?: number
@@ -176,6 +176,8 @@ export class CertificateManager {
   readonly #renewalInfo: RenewalInfoRecords
   /** Background work (renewals, renewal-information checks): `concurrency` at a time. */
   readonly #backgroundLimit: Limiter
+  /** Every certificate's timer, on one timer of the clock. */
+  readonly #timers: TimerQueue<Slot>
   readonly #closing = new AbortController()
   #started = false
   /**
@@ -199,6 +201,7 @@ export class CertificateManager {
     this.#locks = new FleetLocks({ store: opts.store, holder: opts.instanceId, timeout: opts.lockTimeout, clock, log: opts.log })
     this.#renewalInfo = new RenewalInfoRecords(opts.store, clock, opts.log)
     this.#backgroundLimit = new Limiter(opts.concurrency)
+    this.#timers = new TimerQueue<Slot>(clock, (slot) => { void this.#background(slot, this.#tick(slot)) })
     this.#budget = new OrderBudget({ store: opts.store, maxOrdersPerHour: opts.maxOrdersPerHour, locks: this.#locks, clock, closing: this.#closing.signal, log: opts.log })
     for (const name of opts.domains) this.#sites.set(name, this.#site(name))
   }
@@ -289,6 +292,11 @@ export class CertificateManager {
     return (this.#sites.get(name)?.slots ?? []).flatMap((slot) => this.#live(slot.cert) && isWhole(slot.cert) ? [slot.cert] : [])
   }
 
+  /** How many certificates have a timer armed (their renewal, retry, write or renewal-information check). */
+  get timersArmed (): number {
+    return this.#timers.size
+  }
+
   status (): DomainStatus[] {
     const now = this.#clock.now()
     return [...this.#sites.values()].flatMap((site) => site.slots).map((slot) => ({
@@ -354,7 +362,7 @@ export class CertificateManager {
   start (): void {
     this.#started = true
     for (const slot of this.#slots()) {
-      if (slot.nextAt !== undefined && slot.timer === undefined) this.#schedule(slot, slot.nextAt)
+      if (slot.nextAt !== undefined && !this.#timers.has(slot)) this.#schedule(slot, slot.nextAt)
     }
     void (async () => {
       await this.#prewarming
@@ -370,9 +378,9 @@ export class CertificateManager {
    */
   async close (): Promise<void> {
     this.#closing.abort(new FST_AUTOCERT_CLOSED())
+    this.#timers.clear()
     const ordering: Array<Promise<unknown>> = []
     for (const slot of this.#slots()) {
-      this.#clock.clearTimeout(slot.timer)
       if (slot.ordering !== undefined) ordering.push(slot.ordering.done)
     }
     await Promise.allSettled(ordering)
@@ -406,7 +414,8 @@ export class CertificateManager {
         unsaved: undefined,
         reported: undefined,
         rejected: undefined,
-        timer: undefined,
+        queuedAt: undefined,
+        queuedIndex: undefined,
         nextAt: undefined,
         checkedAt: undefined,
         readError: undefined,
@@ -460,10 +469,7 @@ export class CertificateManager {
 
   /** Forgets an on-demand name: its timers stop; the store still has its certificates. */
   #drop (site: Site): void {
-    for (const slot of site.slots) {
-      this.#clock.clearTimeout(slot.timer)
-      slot.timer = undefined
-    }
+    for (const slot of site.slots) this.#timers.delete(slot)
     this.#onDemand?.delete(site.name)
     this.#sites.delete(site.name)
     this.#warm.delete(site)
@@ -683,7 +689,7 @@ export class CertificateManager {
       ])
       if (stored !== undefined && (force ? stored.serial !== had?.serial : !this.#due(slot))) {
         // A retry timer may have replaced the renewal timer: arm it again.
-        if (slot.timer === undefined) this.#schedule(slot, slot.renewAt as number)
+        if (!this.#timers.has(slot)) this.#schedule(slot, slot.renewAt as number)
         return stored
       }
       if (!force) this.#honourFailures(slot, failure)
@@ -1026,17 +1032,13 @@ export class CertificateManager {
    * `ariCheckAt`, look at the renewal information, which may move `at`.
    */
   #schedule (slot: Slot, at: number): void {
-    this.#clock.clearTimeout(slot.timer)
-    slot.timer = undefined
+    this.#timers.delete(slot)
     slot.nextAt = at
     // Before start() (the server listens) timers are only noted: a CA validation would find no listener.
     if (this.#closing.signal.aborted || !this.#started) return
     // An on-demand name dropped from memory while its certificate was being read: no timer for it.
     if (this.#sites.get(slot.name) !== slot.site) return
-    slot.timer = this.#clock.setTimeout(() => {
-      slot.timer = undefined
-      void this.#background(slot, this.#tick(slot))
-    }, Math.max(0, Math.min(at, slot.ariCheckAt ?? Infinity) - this.#clock.now()))
+    this.#timers.set(slot, Math.min(at, slot.ariCheckAt ?? Infinity))
   }
 
   /** What a slot's timer does: the renewal-information check if it is due, then the renewal (or retry, or write) if that is. */
@@ -1217,7 +1219,7 @@ export class CertificateManager {
     try {
       await work
     } catch (err) {
-      if (slot.timer !== undefined || this.#closing.signal.aborted) return
+      if (this.#timers.has(slot) || this.#closing.signal.aborted) return
       const retryAt = this.#clock.now() + retryDelay(1, this.#opts.retryDelays)
       this.#fail(slot, err, retryAt)
       this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), error: errorFields(err) }, 'certificate work failed; will retry')

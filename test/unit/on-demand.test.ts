@@ -81,7 +81,8 @@ t.test('on-demand names beyond cacheSize are dropped least recently used first, 
   await manager.certificate('b.example.test')
   await manager.certificate('c.example.test')
   t.same(names(), ['b.example.test', 'c.example.test'], 'a, the least recently used, is dropped')
-  t.equal(clock.pending, 2, 'and its renewal timer with it')
+  t.equal(manager.timersArmed, 2, 'and its renewal timer with it')
+  t.equal(clock.pending, 1, 'on the one clock timer of the manager')
   await manager.certificate('b.example.test')
   await manager.certificate('d.example.test')
   t.same(names(), ['b.example.test', 'd.example.test'], 'b was used since: c goes')
@@ -102,7 +103,8 @@ t.test('at renewal, allow() is asked again: a name it refuses now is dropped, no
   await clock.advance(30 * 60_000)
   t.equal(issuer.calls.length, 1, 'not renewed')
   t.same(manager.status(), [], 'and dropped from memory')
-  t.equal(clock.pending, 0, 'with no timer left')
+  t.equal(manager.timersArmed, 0, 'with no timer left')
+  t.equal(clock.pending, 0, 'none on the clock either')
 })
 
 t.test('on-demand names refused for the budget retry each at its own time, after the slot and within BUDGET_RETRY_SPREAD; the refusal names the slot', async (t) => {
@@ -147,7 +149,7 @@ t.test('a refused on-demand name nobody asks for again is forgotten when its hol
   t.same(asked, ['wanted.example.test'], 'allow() asked again for the wanted name only')
   t.same(issuer.names, ['first.example.test', 'wanted.example.test'], 'wanted ordered; idle not')
   t.same(manager.status().map((s) => s.domain).sort(), ['first.example.test', 'wanted.example.test'], 'idle is no longer in memory')
-  t.equal(clock.pending, 2, 'and has no timer: only the two renewals are armed')
+  t.equal(manager.timersArmed, 2, 'and has no timer: only the two renewals are armed')
   t.ok(log.lines.some((l) => l.msg === 'on-demand name not asked for since it was refused: forgotten' && l.obj.domain === 'idle.example.test'))
   await clock.advance(HOUR)
   t.equal(issuer.calls.length, 2, 'nor is it ordered an hour later')
@@ -166,7 +168,8 @@ t.test('an on-demand name whose order failed is forgotten at its retry if nobody
   t.equal(issuer.calls.length, 1, 'not retried at the first backoff step (1 min)')
   t.same(asked, ['failing.example.test'], 'nor was allow() asked again')
   t.same(manager.status(), [], 'and the name is no longer in memory')
-  t.equal(clock.pending, 0, 'with no timer left')
+  t.equal(manager.timersArmed, 0, 'with no timer left')
+  t.equal(clock.pending, 0, 'none on the clock either')
   t.ok(await store.get(storeKeys.failure('failing.example.test')), 'the fleet\'s failure record is kept')
 })
 
