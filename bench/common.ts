@@ -29,7 +29,7 @@ export function readSettings (env = process.env): Settings {
   }
   return {
     quick,
-    figures: new Set(list(env.BENCH_FIGURES) ?? [1, 2, 3, 4, 5, 6, 7]),
+    figures: new Set(list(env.BENCH_FIGURES) ?? [1, 2, 3, 4, 5, 6, 7, 9]),
     domains: list(env.BENCH_DOMAINS) ?? (quick ? [200, 1000] : [1000, 10000]),
     cpuProfDir: env.BENCH_CPU_PROF === undefined || env.BENCH_CPU_PROF === '' ? undefined : path.resolve(env.BENCH_CPU_PROF)
   }

@@ -6,7 +6,10 @@
  * counted), and answers one JSON line with the count.
  *
  * Each request is a new TLS connection: a full handshake (no session is
- * offered), one `GET /` with `Connection: close`, read to the end. The chain is
+ * offered), one `GET /` with `Connection: close`, read to the end. With `names`,
+ * each connection asks for one of benchDomain(0 .. names - 1) instead of
+ * `servername`: at random, as a population of clients would, or in turn (a
+ * warm-up that visits each once). The chain is
  * not verified here: Node's check (getPeerCertificate(true), then the name)
  * costs the client about a millisecond per connection, which would make the
  * client, not the server under test, the bottleneck on 2 cores. The figure
@@ -14,6 +17,7 @@
  */
 import { createInterface } from 'node:readline'
 import tls from 'node:tls'
+import { benchDomain } from './common'
 
 export interface ClientSetup {
   servername: string
@@ -23,11 +27,17 @@ export interface ClientSetup {
 export interface SliceRequest {
   port: number
   durationMs: number
+  /** Spread the connections over benchDomain(0 .. names - 1) (default: setup.servername only). */
+  names?: number
+  /** How they are picked: at random (default), or in turn. */
+  order?: 'random' | 'sequential'
 }
 
 export interface SliceResult {
   /** Requests that completed inside the slice. */
   count: number
+  /** Requests started inside the slice, those still in flight at its end included. */
+  started: number
   errors: number
   /** Connections that resumed a session: must stay 0. */
   resumed: number
@@ -36,10 +46,10 @@ export interface SliceResult {
   firstError?: string
 }
 
-function request (setup: ClientSetup, secureContext: tls.SecureContext, port: number): Promise<boolean> {
+function request (servername: string, secureContext: tls.SecureContext, port: number): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, servername: setup.servername, secureContext, rejectUnauthorized: false }, () => {
-      socket.write(`GET / HTTP/1.1\r\nHost: ${setup.servername}\r\nConnection: close\r\n\r\n`)
+    const socket = tls.connect({ host: '127.0.0.1', port, servername, secureContext, rejectUnauthorized: false }, () => {
+      socket.write(`GET / HTTP/1.1\r\nHost: ${servername}\r\nConnection: close\r\n\r\n`)
     })
     let head = ''
     socket.setEncoding('latin1')
@@ -55,14 +65,19 @@ function request (setup: ClientSetup, secureContext: tls.SecureContext, port: nu
   })
 }
 
-async function slice (setup: ClientSetup, secureContext: tls.SecureContext, { port, durationMs }: SliceRequest): Promise<SliceResult> {
-  const out: SliceResult = { count: 0, errors: 0, resumed: 0, cpuUs: 0 }
+async function slice (setup: ClientSetup, secureContext: tls.SecureContext, { port, durationMs, names, order = 'random' }: SliceRequest): Promise<SliceResult> {
+  const out: SliceResult = { count: 0, started: 0, errors: 0, resumed: 0, cpuUs: 0 }
+  let turn = 0
+  const pick = (): string => names === undefined
+    ? setup.servername
+    : benchDomain(order === 'sequential' ? turn++ % names : Math.floor(Math.random() * names))
   const cpu0 = process.cpuUsage()
   const until = performance.now() + durationMs
   const loop = async (): Promise<void> => {
     while (performance.now() < until) {
       try {
-        const resumed = await request(setup, secureContext, port)
+        out.started++
+        const resumed = await request(pick(), secureContext, port)
         if (performance.now() < until) {
           out.count++
           if (resumed) out.resumed++

@@ -18,6 +18,7 @@ import { Services, log, readSettings, type Figure, type Notes, type Row } from '
 import { concurrency } from './concurrency'
 import { firstCertificate } from './first-certificate'
 import { handshakes } from './handshake'
+import { handshakeSpread } from './handshake-spread'
 import { scanCost } from './scan-cost'
 
 const FIGURES: Record<number, Figure> = {
@@ -27,7 +28,8 @@ const FIGURES: Record<number, Figure> = {
   4: scanCost,
   5: concurrency,
   6: challengeFlood,
-  7: ariDrill
+  7: ariDrill,
+  9: handshakeSpread
 }
 
 async function main (): Promise<number> {
