@@ -15,6 +15,10 @@ export interface Settings {
   figures: Set<number>
   /** BENCH_DOMAINS=1000,10000: domain counts of figure 2; figure 4 uses the largest. */
   domains: number[]
+  /** BENCH_FLOOD_NAMES=100000: how many distinct names figure 8's flood sends. */
+  floodNames: number
+  /** BENCH_SPREAD_NAMES=100000: how many names figure 9's server lists. */
+  spreadNames: number
   /** BENCH_CPU_PROF=dir: run the measured processes with --cpu-prof into dir. */
   cpuProfDir?: string
 }
@@ -29,8 +33,10 @@ export function readSettings (env = process.env): Settings {
   }
   return {
     quick,
-    figures: new Set(list(env.BENCH_FIGURES) ?? [1, 2, 3, 4, 5, 6, 7, 9]),
+    figures: new Set(list(env.BENCH_FIGURES) ?? [1, 2, 3, 4, 5, 6, 7, 8, 9]),
     domains: list(env.BENCH_DOMAINS) ?? (quick ? [200, 1000] : [1000, 10000]),
+    floodNames: list(env.BENCH_FLOOD_NAMES)?.[0] ?? (quick ? 2000 : 100_000),
+    spreadNames: list(env.BENCH_SPREAD_NAMES)?.[0] ?? (quick ? 2000 : 100_000),
     cpuProfDir: env.BENCH_CPU_PROF === undefined || env.BENCH_CPU_PROF === '' ? undefined : path.resolve(env.BENCH_CPU_PROF)
   }
 }

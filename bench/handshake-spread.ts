@@ -29,8 +29,8 @@ const SLICE_MS = 500
 const TARGET = 0.97
 
 export const handshakeSpread: Figure = async (_services, settings, notes) => {
-  const count = Number(process.env.BENCH_SPREAD_NAMES ?? (settings.quick ? 2000 : 100_000))
-  if (!Number.isInteger(count) || count < 2) throw new TypeError(`BENCH_SPREAD_NAMES: expected an integer of at least 2, got ${String(process.env.BENCH_SPREAD_NAMES)}`)
+  const count = settings.spreadNames
+  if (count < 10) throw new TypeError(`BENCH_SPREAD_NAMES: at least 10 names (the cache holds a tenth), got ${count}`)
   const cache = Math.min(10_000, Math.floor(count / 10))
   const slices = settings.quick ? 2 : 12
 

@@ -1,11 +1,14 @@
 /*
- * `npm run bench`: every figure of issue 5, the challenge flood (6) and the ARI drill (7), each against a
+ * `npm run bench`: every figure of issue 5, the challenge flood (6), the ARI drill (7), the on-demand flood (8) and
+ * handshakes spread over many names (9), each against a
  * baseline measured in the same run, on real Pebble and Azurite started here on free 127.0.0.1 ports.
  * Prints one table on stdout (progress and notes go to stderr).
  *
  *   BENCH_QUICK=1            smoke run, small numbers (about a minute)
  *   BENCH_FIGURES=1,3        only these figures
  *   BENCH_DOMAINS=1000,10000 domain counts of figure 2 (figure 4 uses the largest)
+ *   BENCH_FLOOD_NAMES=100000 distinct names of figure 8's flood
+ *   BENCH_SPREAD_NAMES=100000 listed names of figure 9
  *   BENCH_CPU_PROF=dir       --cpu-prof for the measured child processes
  *                            (run `node --cpu-prof ... bench/run.ts` for this one)
  */
@@ -19,6 +22,7 @@ import { concurrency } from './concurrency'
 import { firstCertificate } from './first-certificate'
 import { handshakes } from './handshake'
 import { handshakeSpread } from './handshake-spread'
+import { onDemandFlood } from './on-demand-flood'
 import { scanCost } from './scan-cost'
 
 const FIGURES: Record<number, Figure> = {
@@ -29,6 +33,7 @@ const FIGURES: Record<number, Figure> = {
   5: concurrency,
   6: challengeFlood,
   7: ariDrill,
+  8: onDemandFlood,
   9: handshakeSpread
 }
 

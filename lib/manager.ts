@@ -566,6 +566,9 @@ export class CertificateManager {
     }
     const cert = await this.#load(slot)
     if (cert !== undefined && this.#live(cert)) return cert
+    // The store was just read: with no order to join, a first certificate is refused here while the budget is known
+    // spent, before the name's lock (a flood of new names would cost four store calls more each).
+    if (slot.cert === undefined && slot.ordering === undefined) await this.#refuseWhileSpent(slot)
     return this.#order(slot, { until })
   }
 
@@ -855,6 +858,18 @@ export class CertificateManager {
     this.#opts.log.warn({ domain: slot.name, retryAt: new Date(retryAt), maxOrdersPerHour: this.#opts.maxOrdersPerHour }, 'order budget used up: order postponed')
     // On-demand names come in floods: each retries at its own time after the slot (listed ones, a known few, at the slot).
     throw this.#hold(slot, retryAt, 'budget', { retryAt: slot.site.onDemand ? budgetRetryTime(retryAt) : retryAt })
+  }
+
+  /**
+   * While this instance knows the fleet's budget is spent (and its clock may
+   * write the log), no first certificate can be ordered before the slot:
+   * refused for the budget, unless the name's failure record holds it longer.
+   */
+  async #refuseWhileSpent (slot: Slot): Promise<void> {
+    const spentUntil = this.#clockSkew() === undefined ? this.#budget.knownSpentUntil() : undefined
+    if (spentUntil === undefined) return
+    this.#honourFailures(slot, await this.#failures.read(slot.key))
+    this.#budgetSpent(slot, spentUntil)
   }
 
   /** Records a failed order for the fleet (its backoff) and returns the error its callers get. */

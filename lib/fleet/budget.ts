@@ -62,6 +62,15 @@ export class OrderBudget {
     this.#corrupt = new CorruptLog(opts.log, 'ignoring unusable order log')
   }
 
+  /**
+   * Until when this instance knows the budget is spent (a refusal's slot), if
+   * that is still ahead: an order that is not exempt cannot go before then, so
+   * whoever asks may refuse it without any lock or store call of the budget's.
+   */
+  knownSpentUntil (): number | undefined {
+    return this.#opts.clock.now() < this.#spentUntil ? this.#spentUntil : undefined
+  }
+
   /** Starts taking the budget's lock and reading its log; nothing waits for it until spend(). `onWait` hears of another holder. */
   open (onWait?: LockWaitListener): BudgetClaim {
     const refused = (retryAt: number): void => { this.#spentUntil = Math.max(this.#spentUntil, retryAt) }

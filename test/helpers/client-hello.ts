@@ -19,6 +19,20 @@ export interface HelloOptions {
   version: '1.2' | '1.3'
   /** The ALPN protocols offered (default: http/1.1). */
   protocols?: string[]
+  /** TLS 1.3: the X25519 public key offered (32 bytes; default a fresh one, see x25519Share()). */
+  keyShare?: Buffer
+}
+
+/**
+ * A real X25519 public key, so that the server answers with a ServerHello
+ * rather than a retry request. A client that sends many hellos may offer the
+ * same one each time: generating and exporting a key per hello costs the client
+ * CPU, and Node 20 once deadlocked in it (a GC during the JWK export finalized
+ * an earlier key-generation job, which waited for the lock the export held).
+ */
+export function x25519Share (): Buffer {
+  const jwk = generateKeyPairSync('x25519').publicKey.export({ format: 'jwk' })
+  return Buffer.from(jwk.x as string, 'base64url')
 }
 
 export interface HelloAnswer {
@@ -68,9 +82,7 @@ export function buildClientHello (options: HelloOptions): Buffer {
     extension(0x0010, vec16(...(options.protocols ?? ['http/1.1']).map((p) => vec8(Buffer.from(p)))))
   )
   if (tls13) {
-    // A real X25519 share, so the server answers with a ServerHello rather than a retry request.
-    const jwk = generateKeyPairSync('x25519').publicKey.export({ format: 'jwk' })
-    const share = Buffer.from(jwk.x as string, 'base64url')
+    const share = options.keyShare ?? x25519Share()
     extensions.push(
       extension(0x002b, vec8(list16([0x0304, 0x0303]))),
       extension(0x0033, vec16(u16(X25519), vec16(share)))

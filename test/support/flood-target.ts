@@ -1,11 +1,13 @@
 /*
- * The server a challenge flood is aimed at, as its own process (started by
- * flood.ts): an HTTPS Fastify app with the plugin, its `http01` listener on
- * Pebble's validation port, an AzureBlobStore whose reads are counted. Reads
- * its config from FLOOD_TARGET; logs JSON lines on stdout; answers each stdin
- * line (`stats`, `reset-peak`) with one `{ "stats": ... }` line.
+ * The server a flood is aimed at, as its own process (started by flood.ts): an
+ * HTTPS Fastify app with the plugin, its `http01` listener on Pebble's
+ * validation port, an AzureBlobStore whose reads are counted; with `onDemand`,
+ * every name is allowed. Reads its config from FLOOD_TARGET; logs JSON lines on
+ * stdout; answers each stdin line (`stats`, `reset-peak`) with one
+ * `{ "stats": ... }` line.
  */
 import { readFileSync, writeFileSync } from 'node:fs'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import Fastify, { LogController } from 'fastify'
 import autocert, { AzureBlobStore, SNICallback, type CertStore } from '../../lib'
@@ -17,6 +19,19 @@ export interface FloodTargetConfig {
   domains: string[]
   /** Where it answers HTTP-01 (Pebble's validation port). */
   httpPort: number
+  /** Certificates on demand for any name (allow() says yes to all), this many names kept in memory. */
+  onDemand?: { cacheSize: number }
+  /** The plugin's maxOrdersPerHour (its default when unset). */
+  maxOrdersPerHour?: number
+}
+
+/** Event-loop delay since the last `reset-peak`, in ms, as monitorEventLoopDelay records it (an idle loop reads its 10 ms resolution). */
+export interface LoopDelay {
+  p50: number
+  p99: number
+  max: number
+  /** Samples recorded. */
+  count: number
 }
 
 export interface FloodTargetStats {
@@ -31,6 +46,10 @@ export interface FloodTargetStats {
   retained: number
   /** Domains with a certificate being served. */
   served: number
+  /** Read before the collection that `retained` makes, so that its pause is not in it. */
+  loopDelay: LoopDelay
+  /** CPU time of this process so far (user + system, all threads), in ms. */
+  cpuMs: number
 }
 
 /** What the heap holds once garbage is collected. */
@@ -74,17 +93,29 @@ async function main (): Promise<void> {
     directoryUrl: config.directoryUrl,
     termsOfServiceAgreed: true,
     store,
-    http01: { port: config.httpPort, host: '127.0.0.1' }
+    http01: { port: config.httpPort, host: '127.0.0.1' },
+    ...(config.onDemand === undefined ? {} : { onDemand: { allow: () => true, cacheSize: config.onDemand.cacheSize } }),
+    ...(config.maxOrdersPerHour === undefined ? {} : { maxOrdersPerHour: config.maxOrdersPerHour })
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const stats = (): FloodTargetStats => ({ ...counts, ...memory(), retained: retained(), served: app.autocert.status().filter((s) => s.serial !== undefined).length })
+  const loop = monitorEventLoopDelay({ resolution: 10 })
+  loop.enable()
+  const stats = (): FloodTargetStats => {
+    const ms = (ns: number): number => ns / 1e6
+    const loopDelay = { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), count: loop.count }
+    const cpu = process.cpuUsage()
+    return { ...counts, ...memory(), retained: retained(), served: app.autocert.status().filter((s) => s.serial !== undefined).length, loopDelay, cpuMs: (cpu.user + cpu.system) / 1000 }
+  }
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => { void app.close().then(() => process.exit(0)) })
   }
   createInterface({ input: process.stdin }).on('line', (line) => {
     // Linux: writing 5 to clear_refs sets VmHWM to the current RSS.
     if (line === 'reset-peak') writeFileSync('/proc/self/clear_refs', '5')
-    process.stdout.write(`${JSON.stringify({ stats: stats() })}\n`)
+    const now = stats()
+    // After stats()'s collection, whose pause is not the flood's.
+    if (line === 'reset-peak') loop.reset()
+    process.stdout.write(`${JSON.stringify({ stats: now })}\n`)
   })
   app.log.info({ port: (app.server.address() as { port: number }).port }, 'flood target listening')
 }

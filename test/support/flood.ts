@@ -107,13 +107,20 @@ export interface FloodTarget {
   stop (): Promise<void>
 }
 
+export interface FloodTargetOptions {
+  /** More Node arguments (such as --cpu-prof). */
+  nodeArgs?: string[]
+  /** Whether to keep its log lines in `logs` (default true): a flood of names logs a line for each. */
+  keepLogs?: boolean
+}
+
 /**
  * Starts flood-target.ts in its own process, with the same loader (and, under
  * tap, coverage) as this one, and waits until it listens. It trusts Pebble's
  * API through NODE_EXTRA_CA_CERTS.
  */
-export async function startFloodTarget (pebble: Pebble, config: Omit<FloodTargetConfig, 'directoryUrl'>): Promise<FloodTarget> {
-  const child = spawnTracked(process.execPath, ['--expose-gc', ...process.execArgv, TARGET], {
+export async function startFloodTarget (pebble: Pebble, config: Omit<FloodTargetConfig, 'directoryUrl'>, { nodeArgs = [], keepLogs = true }: FloodTargetOptions = {}): Promise<FloodTarget> {
+  const child = spawnTracked(process.execPath, ['--expose-gc', ...nodeArgs, ...process.execArgv, TARGET], {
     env: { ...process.env, FLOOD_TARGET: JSON.stringify({ directoryUrl: pebble.directoryUrl, ...config }), NODE_EXTRA_CA_CERTS: pebble.caFile },
     stdio: ['pipe', 'pipe', 'pipe']
   })
@@ -130,7 +137,7 @@ export async function startFloodTarget (pebble: Pebble, config: Omit<FloodTarget
       if (!line.startsWith('{')) continue
       const parsed = JSON.parse(line) as Record<string, unknown>
       if (parsed.stats !== undefined) replies.shift()?.(parsed.stats as FloodTargetStats)
-      else logs.push(parsed)
+      else if (keepLogs) logs.push(parsed)
       if (parsed.msg === 'flood target listening') listening?.(parsed.port as number)
     }
   })

@@ -2,6 +2,8 @@
 import t from 'tap'
 import { ALLOWED_TTL, BUDGET_RETRY_SPREAD, DENIED_TTL } from '../../lib/on-demand'
 import { storeKeys } from '../../lib/store/keys'
+import { MemoryStore } from '../../lib/store/memory'
+import { spyStore } from '../support/app'
 import { unitManager } from '../helpers/unit'
 
 const MIN = 60_000
@@ -132,6 +134,33 @@ t.test('on-demand names refused for the budget retry each at its own time, after
   t.ok(times.every((at) => at >= slot && at < slot + BUDGET_RETRY_SPREAD), 'none before the slot, none later than BUDGET_RETRY_SPREAD after it')
   t.equal(issuer.calls.length, 2, 'the first retry took the slot the hour freed')
   t.ok(issuer.calls[1].at === Math.min(...times), 'and it was the earliest')
+})
+
+t.test('while the budget is known spent, a new name is refused without its lock: one read of its certificate, one of its failure record', async (t) => {
+  const store = spyStore(new MemoryStore())
+  const { manager, clock, issuer } = unitManager({ domains: [], maxOrdersPerHour: 1, onDemand: onDemand(() => true), store: store as unknown as MemoryStore })
+  t.teardown(() => manager.close())
+  manager.start()
+  await manager.certificate('first.example.test')
+  const slot = clock.now() + HOUR
+  const refusal = { code: 'FST_AUTOCERT_RATE_LIMITED', message: new RegExp(`next slot at ${new Date(slot).toISOString()}`) }
+  // This one reads the order log: from then on this instance knows the budget is spent until the slot.
+  await t.rejects(manager.certificate('learns.example.test'), refusal)
+  const names = Array.from({ length: 10 }, (_, i) => `n${i}.example.test`)
+  store.keys.length = 0
+  for (const name of names) await t.rejects(manager.certificate(name), refusal, `${name}: refused until the slot`)
+  // The name's lock (its key is the name's) would be a third entry per name, its read under the lock a fourth.
+  t.same(store.keys, names.flatMap((n) => [n, storeKeys.failure(n)]), 'each: its certificate and its failure record read, no lock taken, nothing written')
+
+  // A failure record another instance left still holds the name until its own time.
+  const failed = 'failed.example.test'
+  const retryAt = clock.now() + 2 * HOUR
+  await store.put(storeKeys.failure(failed), JSON.stringify({ failures: 6, error: 'the CA says no', at: clock.now(), retryAt }))
+  await t.rejects(manager.certificate(failed), { code: 'FST_AUTOCERT_BACKOFF', message: new RegExp(new Date(retryAt).toISOString()) }, 'its backoff, not the budget\'s slot')
+
+  await clock.advance(HOUR)
+  await manager.certificate('late.example.test')
+  t.same(issuer.names, ['first.example.test', 'late.example.test'], 'at the slot, a new name orders again')
 })
 
 t.test('a refused on-demand name nobody asks for again is forgotten when its hold ends; one asked for again is retried', async (t) => {
