@@ -1085,12 +1085,16 @@ export class CertificateManager {
     if (issuer.renewalInfo === undefined || !this.#live(slot.cert) || slot.unsaved === true) return
     try {
       // A CA without renewal windows costs the store nothing: its directory says so, no record or lock is needed.
-      if (await issuer.offersRenewalInfo?.(slot.cert as CertificateSummary).catch(() => true) === false) {
+      const offers = await issuer.offersRenewalInfo?.(slot.cert as CertificateSummary).then((yes) => yes, (err: unknown) => ({ err }))
+      if (offers === false) {
         slot.ariCheckAt = this.#clock.now() + RENEWAL_INFO_INTERVALS.max
         return
       }
       const fresh = this.#fresh(slot, await this.#currentRecord(slot))
       if (fresh !== undefined) return this.#useRenewalInfo(slot, fresh)
+      // A directory that cannot be read now: another instance's answer is taken (above), but the CA is not asked, so
+      // neither the name's lock nor its certificate is needed. A fleet starting while its CA is down costs one read per name.
+      if (typeof offers === 'object') throw offers.err
       const lock = await this.#nameLock(slot)
       try {
         const record = await this.#currentRecord(slot)

@@ -151,7 +151,11 @@ export class AriIssuer extends LocalIssuer {
   /** False: a CA whose directory has no `renewalInfo` (offersRenewalInfo() says so, renewalInfo() finds none). */
   offers = true
 
+  /** When set, offersRenewalInfo() rejects with it: a directory that cannot be read. */
+  directoryFailure: Error | undefined
+
   async offersRenewalInfo (): Promise<boolean> {
+    if (this.directoryFailure !== undefined) throw this.directoryFailure
     return this.offers
   }
 

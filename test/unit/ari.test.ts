@@ -262,3 +262,30 @@ t.test('a cooled certificate: to ask the CA for its window, the instance reads i
   t.ok(reads.filter((key) => key === B).length <= 1, 'b read at most once')
   t.equal(issuer.calls.length, 2, 'nothing ordered')
 })
+
+t.test('a directory that cannot be read: the check takes another instance\'s answer, or fails without the name\'s lock or its certificate', async (t) => {
+  const B = 'b.example.test'
+  const [unit] = fleet(1, { domains: [A, B], contextCacheSize: 1 })
+  const { manager, clock, issuer, store, log } = unit
+  t.teardown(() => manager.close())
+  issuer.answer = () => ({ window: { start: clock.now() + 30 * DAY, end: clock.now() + 31 * DAY }, retryAfter: 6 * HOUR })
+  await startAll([unit])
+  const calls: string[] = []
+  const get = store.get.bind(store)
+  const lock = store.lock.bind(store)
+  store.get = async (key, options) => { calls.push(`get ${key}`); return await get(key, options) }
+  store.lock = async (key, signal, options) => { calls.push(`lock ${key}`); return await lock(key, signal, options) }
+  issuer.directoryFailure = new Error('connect ECONNREFUSED')
+  const before = issuer.checks.length
+  await clock.advance(6 * HOUR + 6 * MIN)
+  t.equal(issuer.checks.length, before, 'the CA is not asked')
+  t.same(calls.filter((c) => c.startsWith('lock')), [], 'no lock taken')
+  t.same(calls.filter((c) => c === `get ${A}` || c === `get ${B}`), [], 'no certificate read')
+  t.same(calls.filter((c) => c.endsWith('+ari')).sort(), [`get ${storeKeys.renewalInfo(A)}`, `get ${storeKeys.renewalInfo(B)}`], 'each record read once')
+  t.ok(log.lines.some((l) => l.msg === 'renewal information check failed; will retry'), 'the failure logged')
+  const [status] = manager.status()
+  t.ok((status.renewalInfoCheck as Date).getTime() - clock.now() <= RENEWAL_INFO_INTERVALS.afterFailure + 5 * MIN, 'and looked at again after an hour')
+  issuer.directoryFailure = undefined
+  await clock.advance(RENEWAL_INFO_INTERVALS.afterFailure + 6 * MIN)
+  t.equal(issuer.checks.length, before + 2, 'once the directory is back, both windows are asked for')
+})
