@@ -29,8 +29,9 @@ export interface SliceRequest {
   durationMs: number
   /** Spread the connections over benchDomain(0 .. names - 1) (default: setup.servername only). */
   names?: number
-  /** How they are picked: at random (default), or in turn. */
+  /** How they are picked: at random (default), or in turn, from benchDomain(from) on. */
   order?: 'random' | 'sequential'
+  from?: number
 }
 
 export interface SliceResult {
@@ -65,9 +66,9 @@ function request (servername: string, secureContext: tls.SecureContext, port: nu
   })
 }
 
-async function slice (setup: ClientSetup, secureContext: tls.SecureContext, { port, durationMs, names, order = 'random' }: SliceRequest): Promise<SliceResult> {
+async function slice (setup: ClientSetup, secureContext: tls.SecureContext, { port, durationMs, names, order = 'random', from = 0 }: SliceRequest): Promise<SliceResult> {
   const out: SliceResult = { count: 0, started: 0, errors: 0, resumed: 0, cpuUs: 0 }
-  let turn = 0
+  let turn = from
   const pick = (): string => names === undefined
     ? setup.servername
     : benchDomain(order === 'sequential' ? turn++ % names : Math.floor(Math.random() * names))

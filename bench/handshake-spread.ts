@@ -68,9 +68,9 @@ export const handshakeSpread: Figure = async (_services, settings, notes) => {
     log(`figure 9: the plugin's server listens after ${fmt.ms(performance.now() - t1)}, ${fmt.int(startReads)} certificates read whole`)
     const stat = await build({ key: first?.key, cert: first?.chain }, [benchDomain(0)])
 
-    const run = async (port: number, names: number, durationMs: number, order?: SliceRequest['order']): Promise<SliceResult & { misses: number }> => {
+    const run = async (port: number, names: number, durationMs: number, order?: SliceRequest['order'], from?: number): Promise<SliceResult & { misses: number }> => {
       const before = reads.count
-      const out = await client.ask({ port, durationMs, names, order })
+      const out = await client.ask({ port, durationMs, names, order, from })
       if (out.errors > 0) throw new Error(`figure 9: ${out.errors} failed requests, first: ${String(out.firstError)}`)
       return { ...out, misses: reads.count - before }
     }
@@ -96,7 +96,7 @@ export const handshakeSpread: Figure = async (_services, settings, notes) => {
     }
 
     // Warm-up: every name the cache holds visited once (its TLS context built), in turn, and the static server's JIT.
-    for (let visited = 0; visited < cache;) visited += (await run(plugin.port, cache, 2000, 'sequential')).count
+    for (let visited = 0; visited < cache;) visited += (await run(plugin.port, cache, 2000, 'sequential', visited)).started
     await run(stat.port, cache, 500)
     const inCache = await measure(cache)
     log(`figure 9: over the ${fmt.int(cache)} names in the cache: ratio ${inCache.ratio.toFixed(3)}, hit rate ${inCache.hit.toFixed(3)}`)
